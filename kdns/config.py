@@ -1,0 +1,88 @@
+"""The frozen configuration of one kdns process, validated once, early."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+PODS_MODES = ("disabled", "insecure", "verified")
+REVERSE_ZONES = ("in-addr.arpa", "ip6.arpa")
+# DNS Flag Day 2020: answers above 1232 bytes go over TCP rather than risk IP fragmentation.
+MAX_UDP_PAYLOAD = 1232
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
+    """'127.0.0.1:5353', '[::1]:5353', '::1', '0.0.0.0' -> (host, port)."""
+    host, port = text, default_port
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ConfigError(f"{text!r}: missing ']'")
+        host, rest = text[1:end], text[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise ConfigError(f"{text!r}: expected ':PORT' after ']'")
+            port = _port(rest[1:], text)
+    elif text.count(":") == 1:
+        host, p = text.split(":")
+        port = _port(p, text)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ConfigError(f"{text!r}: {host!r} is not an IP address") from None
+        host = "127.0.0.1"
+    return host, port
+
+
+def _port(text: str, whole: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise ConfigError(f"{whole!r}: port must be 0-65535")
+    return int(text)
+
+
+def normalize_zone(zone: str) -> str:
+    zone = zone.strip().rstrip(".").lower()
+    if not zone or any(not label or len(label) > 63 for label in zone.split(".")):
+        raise ConfigError(f"--domain {zone!r}: not a DNS name")
+    return zone
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    domain: str = "cluster.local"
+    ttl: int = 5
+    pods: str = "insecure"
+    endpoint_pod_names: bool = False
+    listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 5353),)
+    service_cidr: str = "10.96.0.0/12"
+    # Identity for the apex NS record (dns-behavior.md §3.8): the Service whose endpoints hold
+    # this pod IP is the nameserver; without one, ns.dns.<zone> with the listen addresses.
+    pod_ip: str = ""
+    ns_addresses: tuple[str, ...] = field(default=())
+    upstreams: tuple[tuple[str, int], ...] = ()
+    cache_size: int = 10000
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.ttl <= 3600:
+            raise ConfigError(f"--ttl {self.ttl}: must be 0-3600")
+        if self.pods not in PODS_MODES:
+            raise ConfigError(f"--pods {self.pods!r}: must be one of {', '.join(PODS_MODES)}")
+        try:
+            ipaddress.ip_network(self.service_cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"--service-cidr {self.service_cidr!r}: not a CIDR") from None
+        if self.pod_ip:
+            try:
+                ipaddress.ip_address(self.pod_ip)
+            except ValueError:
+                raise ConfigError(f"--pod-ip {self.pod_ip!r}: not an IP address") from None
+
+    @property
+    def zones(self) -> tuple[str, ...]:
+        """Served zones, longest first, so the longest match wins."""
+        return tuple(sorted((self.domain, *REVERSE_ZONES), key=len, reverse=True))

@@ -1,0 +1,209 @@
+"""Static manifests -> kdns objects.
+
+Reads files or directories (recursively: *.yaml, *.yml, *.json), multi-document YAML, JSON, and
+``kind: List`` (what ``kubectl get -o yaml`` prints). Kinds kdns does not serve are skipped with
+one info line per kind, because users point kdns at their whole app's manifests.
+
+Every problem is collected before failing, so a user fixes them all in one go; each line names
+the file, the document index, the object (kind/namespace/name) and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+from dataclasses import replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import yaml
+
+from kdns import objects
+from kdns.objects import Cluster, FieldError
+
+log = logging.getLogger("kdns.manifests")
+
+SUFFIXES = (".yaml", ".yml", ".json")
+ALWAYS_NAMESPACES = ("default", "kube-system", "kube-public")
+
+
+class ManifestError(Exception):
+    """One or more bad manifests; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def default_paths() -> list[Path]:
+    """The embedded example cluster: zones/ in a checkout, kdns.zones when installed."""
+    checkout = Path(__file__).resolve().parent.parent.parent / "zones" / "cluster.yaml"
+    if checkout.is_file():
+        return [checkout]
+    return [Path(str(resources.files("kdns.zones").joinpath("cluster.yaml")))]
+
+
+def files_of(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[str]]:
+    out: list[Path] = []
+    problems: list[str] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
+            out.extend(found)
+        elif path.is_file():
+            out.append(path)
+        else:
+            problems.append(f"{path}: no such file or directory")
+    return out, problems
+
+
+def _documents(path: Path) -> Iterator[tuple[int, Any]]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        decoder = json.JSONDecoder()
+        pos, index = 0, 0
+        while True:                       # a .json file may hold several concatenated objects
+            while pos < len(text) and text[pos].isspace():
+                pos += 1
+            if pos >= len(text):
+                return
+            doc, pos = decoder.raw_decode(text, pos)
+            yield index, doc
+            index += 1
+    else:
+        for index, doc in enumerate(yaml.safe_load_all(text)):
+            yield index, doc
+
+
+def _describe(doc: Any) -> str:
+    if not isinstance(doc, dict):
+        return "document"
+    kind = doc.get("kind") or "?"
+    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    name = meta.get("name") or "?"
+    ns = meta.get("namespace")
+    if kind == "Namespace":
+        return f"{kind}/{name}"
+    return f"{kind}/{ns or 'default'}/{name}"
+
+
+def read(paths: Iterable[str | os.PathLike]) -> list[tuple[str, Any]]:
+    """Every object in the files, as (where, dict); ``where`` is "file, document N"."""
+    files, problems = files_of(paths)
+    out: list[tuple[str, Any]] = []
+    for path in files:
+        try:
+            for index, doc in _documents(path):
+                if doc is None:
+                    continue
+                where = f"{path}, document {index}"
+                # kind: List, and typed lists such as ServiceList from the API.
+                if isinstance(doc, dict) and str(doc.get("kind", "")).endswith("List") \
+                        and isinstance(doc.get("items"), list):
+                    for j, item in enumerate(doc.get("items") or []):
+                        out.append((f"{where}, items[{j}]", item))
+                else:
+                    out.append((where, doc))
+        except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            problems.append(f"{path}: does not parse: {' '.join(str(exc).split())}")
+        except OSError as exc:
+            problems.append(f"{path}: cannot read: {exc.strerror or exc}")
+    if problems:
+        raise ManifestError(problems)
+    return out
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "Service": objects.service_from_dict,
+    "EndpointSlice": objects.endpointslice_from_dict,
+    "Endpoints": objects.endpoints_from_dict,
+    "Namespace": objects.namespace_from_dict,
+    "Pod": objects.pod_from_dict,
+}
+
+
+def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12") -> Cluster:
+    """Parse manifests into a Cluster; raise ManifestError listing every problem."""
+    cluster = Cluster()
+    problems: list[str] = []
+    skipped: dict[str, int] = {}
+    seen_ns: set[str] = set(ALWAYS_NAMESPACES)
+    for where, doc in read(paths):
+        what = _describe(doc)
+        if not isinstance(doc, dict):
+            problems.append(f"{where}: {what}: must be a mapping with apiVersion and kind")
+            continue
+        kind = doc.get("kind")
+        if not kind or not isinstance(kind, str):
+            problems.append(f"{where}: {what}: field kind: is required")
+            continue
+        parse = _PARSERS.get(kind)
+        if parse is None:
+            skipped[kind] = skipped.get(kind, 0) + 1
+            continue
+        if kind == "EndpointSlice" and doc.get("apiVersion") not in (None, "discovery.k8s.io/v1"):
+            problems.append(f"{where}: {what}: field apiVersion: EndpointSlice must be "
+                            f"discovery.k8s.io/v1, got {doc.get('apiVersion')!r}")
+            continue
+        try:
+            obj = parse(doc)
+        except FieldError as exc:
+            problems.append(f"{where}: {what}: field {exc.path}: {exc.message}")
+            continue
+        for item in obj if isinstance(obj, list) else [obj]:
+            key = item.key if not isinstance(item, objects.Namespace) else item.name
+            table = {objects.Service: cluster.services, objects.EndpointSlice: cluster.slices,
+                     objects.Namespace: cluster.namespaces, objects.Pod: cluster.pods}[type(item)]
+            if key in table and table[key] != item:
+                problems.append(f"{where}: {what}: defined twice with different content")
+                continue
+            table[key] = item
+            seen_ns.add(item.name if isinstance(item, objects.Namespace) else item.namespace)
+    for kind, count in sorted(skipped.items()):
+        log.info("skipping %d %s object(s): kdns serves Services, EndpointSlices, Endpoints, "
+                 "Namespaces and Pods", count, kind)
+    if problems:
+        raise ManifestError(problems)
+    # A namespace exists when a Namespace object names it or any object lives in it.
+    for ns in sorted(seen_ns - set(cluster.namespaces)):
+        cluster.namespaces[ns] = objects.Namespace(ns)
+    allocate_cluster_ips(cluster, service_cidr)
+    return cluster
+
+
+def allocate_cluster_ips(cluster: Cluster, cidr: str) -> None:
+    """Give every Service without a clusterIP a stable address, as an API server would.
+
+    The same namespace/name always hashes to the same slot; a taken slot moves to the next free
+    one, visiting services in sorted order, so the result depends only on the set of services.
+    """
+    pending = sorted(k for k, s in cluster.services.items() if objects.service_without_ip(s))
+    if not pending:
+        return
+    net = ipaddress.ip_network(cidr, strict=False)
+    used = {ip for s in cluster.services.values() for ip in s.addresses}
+    size = net.num_addresses
+    # Skip the network address and the first host (the `kubernetes` service in kubeadm
+    # clusters takes .1); stay off the broadcast address for IPv4.
+    first, last = 2, size - (2 if net.version == 4 else 1)
+    if last < first:
+        raise ManifestError([f"--service-cidr {cidr}: too small to allocate cluster IPs"])
+    span = last - first + 1
+    for key in pending:
+        digest = hashlib.sha256(f"{key[0]}/{key[1]}".encode()).digest()
+        slot = int.from_bytes(digest[:8], "big") % span
+        for probe in range(span):
+            ip = str(net.network_address + first + (slot + probe) % span)
+            if ip not in used:
+                break
+        else:
+            raise ManifestError([f"--service-cidr {cidr}: no free address left for {key[0]}/{key[1]}"])
+        used.add(ip)
+        svc = cluster.services[key]
+        cluster.services[key] = replace(svc, cluster_ip=ip, cluster_ips=(ip,), allocated=True)
+        log.info("allocated clusterIP %s to Service %s/%s (no clusterIP in its manifest)", ip, *key)
