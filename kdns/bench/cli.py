@@ -1,0 +1,323 @@
+"""python -m kdns.bench: kdns against dnsmasq, unbound, knot and a C ceiling, in one run.
+
+Generates a cluster, starts each server in turn on a 127.0.0.1 high port with the same records,
+runs dnsperf (bounded by -l) for every workload, and prints one table plus the kdns/peer ratios;
+then starts kdns alone at 1k and 10k services to report memory, start-to-ready time, and how long
+a manifest change takes to show in answers. See docs/bench.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from kdns.bench import check, cluster as gen, dnsperf, report, servers, workloads
+from kdns.bench.servers import Running, Unavailable
+
+SERVERS = ("kdns", "dnsmasq-a", "dnsmasq-srv", "unbound", "knot", "ceiling")
+
+
+def _csv(choices: tuple[str, ...], what: str):
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(bad)}; choose from {', '.join(choices)}")
+        return items
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m kdns.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--services", type=int, default=10000, help="services in the cluster (default 10000)")
+    p.add_argument("--endpoints", type=int, default=None,
+                   help="endpoints in total (default 10 per service, so 100000 at 10000 services)")
+    p.add_argument("--namespaces", type=int, default=0, help="namespaces (default: one per ~200 services, 3-50)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per dnsperf run (default 10)")
+    p.add_argument("--latency-duration", type=float, default=None,
+                   help="seconds of the -v run that gives p99 (default duration/3, at least 1; 0 skips)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of unrecorded dnsperf before each run")
+    p.add_argument("--only", type=_csv(SERVERS, "server"), action="extend", default=None, metavar="NAME",
+                   help=f"servers to run, comma-separated, repeatable: {', '.join(SERVERS)}")
+    p.add_argument("--workload", type=_csv(workloads.WORKLOADS, "workload"), action="extend", default=None,
+                   metavar="NAME", help=f"workloads, comma-separated, repeatable: {', '.join(workloads.WORKLOADS)}")
+    p.add_argument("--clients", type=int, default=1, help="dnsperf -c (default 1)")
+    p.add_argument("--outstanding", type=int, default=100, help="dnsperf -q (default 100)")
+    p.add_argument("--qps", type=int, default=0, help="dnsperf -Q, 0 = unlimited (default)")
+    p.add_argument("--memory-sizes", default="1000,10000",
+                   help="service counts for the kdns memory/startup report, 10 endpoints each; '' skips")
+    p.add_argument("--change-timeout", type=float, default=300.0,
+                   help="longest wait for a manifest change to show in answers (seconds)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat every run this many times and report the median (default 1)")
+    p.add_argument("--together", action="store_true",
+                   help="start all servers first, then take turns run by run (fairer on a busy machine)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write every figure as JSON here")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, manifests, logs)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.endpoints is None:
+        args.endpoints = args.services * 10
+    if args.latency_duration is None:
+        args.latency_duration = max(1.0, round(args.duration / 3, 1))
+    try:
+        dnsperf.binary()
+        model = gen.generate(args.services, args.endpoints, namespaces=args.namespaces, seed=args.seed)
+        sizes = [int(s) for s in args.memory_sizes.split(",") if s.strip()]
+    except (ValueError, dnsperf.DnsperfError) as exc:
+        print(f"kdns.bench: {exc}", file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="kdns-bench-"))
+    try:
+        return _run(args, model, sizes, tmp)
+    except KeyboardInterrupt:
+        print("kdns.bench: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if args.keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
+    names = args.only or list(SERVERS)
+    chosen = args.workload or list(workloads.WORKLOADS)
+    machine = report.machine()
+    _say(f"cluster: {len(model.services):,} services, {model.endpoint_count:,} endpoints, "
+         f"{len(model.namespaces)} namespaces; workloads {', '.join(chosen)}; servers {', '.join(names)}")
+    records = list(gen.records(model))
+    expect = workloads.Expectations(records)
+    manifests = tmp / "manifests"
+    gen.write_manifests(model, manifests)
+    probe_svc = next(s for s in model.services if not s.headless)
+    probe = (probe_svc.fqdn, "A")
+    files = {}
+    queries = {}
+    for w in chosen:
+        queries[w] = workloads.build(w, model)
+        files[w] = tmp / f"{w}.queries"
+        workloads.write(files[w], queries[w])
+
+    samples: dict[tuple[str, str], list[dict]] = {}
+    upstream = None
+    if "b" in chosen:
+        port = servers.free_port()
+        try:
+            upstream = Running(servers.upstream_dnsmasq(tmp, port, workloads.EXTERNAL), tmp).__enter__()
+        except Unavailable as exc:
+            _say(f"no upstream for external names: {exc}")
+    up = upstream.spec.port if upstream else None
+    bench = Bench(args, tmp, files, queries, expect, samples)
+    try:
+        if args.together:
+            bench.together(names, chosen, lambda n: _spec(n, tmp, manifests, records, probe, up))
+        else:
+            for r in range(args.rounds):
+                for name in names:
+                    bench.alone(name, chosen, lambda n: _spec(n, tmp, manifests, records, probe, up), r)
+    finally:
+        if upstream:
+            upstream.stop()
+    rows = [_median(samples[(w, n)]) for n in names for w in chosen if (w, n) in samples]
+
+    ratio_items = report.ratios(rows)
+    print(f"\nkdns.bench {machine['date']}: {machine['cpus']} CPUs ({machine['cpu']}), {machine['memory']}, "
+          f"Linux {machine['kernel']}, Python {machine['python']}; load before run {machine['load']}")
+    print(f"cluster: {len(model.services):,} services, {model.endpoint_count:,} endpoints, "
+          f"{len(model.namespaces)} namespaces, {len(records):,} records; dnsperf -l {args.duration:g} "
+          f"-c {args.clients} -q {args.outstanding}{f' -Q {args.qps}' if args.qps else ''}; "
+          f"p99 from a {args.latency_duration:g} s -v run\n")
+    print(report.table(rows))
+    for name, note in bench.notes.items():
+        if note:
+            print(f"  {name}: {note}")
+    if ratio_items:
+        print("\nratios (QPS, same run):")
+        print(report.ratio_lines(ratio_items))
+
+    memory = []
+    if sizes and "kdns" in names:
+        for n in sizes:
+            memory.append(_memory(n, n * 10, args, tmp))
+        print("\nkdns memory and startup (manifest source; CoreDNS formula MB = (pods + services)/1000 + 54, "
+              "pods = endpoints):")
+        print(report.memory_table(memory))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
+                                         "cluster": {"services": len(model.services),
+                                                     "endpoints": model.endpoint_count,
+                                                     "namespaces": len(model.namespaces),
+                                                     "records": len(records)},
+                                         "results": rows, "ratios": ratio_items, "memory": memory}, indent=2))
+    return 0
+
+
+def _spec(name: str, tmp: Path, manifests: Path, records, probe, upstream: int | None) -> servers.Spec:
+    port = servers.free_port()
+    if name == "kdns":
+        return servers.kdns(manifests, port, probe, upstream)
+    if name == "dnsmasq-a":
+        return servers.dnsmasq(tmp, name, records, port, probe, srv=False, upstream=upstream)
+    if name == "dnsmasq-srv":
+        return servers.dnsmasq(tmp, name, records, port, probe, srv=True, upstream=upstream)
+    if name == "unbound":
+        return servers.unbound(tmp, records, port, probe, upstream)
+    if name == "knot":
+        return servers.knot(tmp, records, port, probe)
+    if name == "ceiling":
+        return servers.ceiling(tmp, port)
+    raise ValueError(name)
+
+
+def _median(runs: list[dict]) -> dict:
+    """The run with the median QPS (its latency and RSS with it), and the spread over rounds."""
+    ok = [r for r in runs if not r.get("error")]
+    if not ok:
+        return runs[0]
+    ok.sort(key=lambda r: r["qps"])
+    row = dict(ok[(len(ok) - 1) // 2])
+    row["rounds"] = len(ok)
+    row["qps_runs"] = [r["qps"] for r in ok]
+    return row
+
+
+class Bench:
+    """Runs every workload against a server and files the results by (workload, server)."""
+
+    def __init__(self, args, tmp, files, queries, expect, samples):
+        self.args, self.tmp, self.files, self.queries, self.expect = args, tmp, files, queries, expect
+        self.samples = samples
+        self.checked: dict[tuple[str, str], tuple[int, int, list[str]]] = {}
+        self.notes: dict[str, str] = {}                 # server -> what it is configured to do
+
+    def _file(self, name: str, chosen, exc: Exception) -> None:
+        _say(f"{name}: skipped: {exc}")
+        for w in chosen:
+            self.samples.setdefault((w, name), []).append(
+                {"workload": w, "server": name, "error": f"skipped: {exc}"})
+
+    def alone(self, name: str, chosen, make_spec, round_no: int) -> None:
+        """Start one server, run every workload, stop it: nothing else is running meanwhile."""
+        try:
+            spec = make_spec(name)
+            _say(f"{name}: starting (round {round_no + 1})")
+            with Running(spec, self.tmp) as run:
+                _say(f"{name}: ready after {run.ready_after:.2f} s, RSS {run.rss_kb() / 1024:.1f} MB")
+                for w in chosen:
+                    self.one(run, w)
+        except (Unavailable, OSError) as exc:
+            if round_no == 0:
+                self._file(name, chosen, exc)
+
+    def together(self, names, chosen, make_spec) -> None:
+        """Start every server first (idle servers cost no CPU), then take turns run by run, so
+        that load from other tenants of the machine hits every server alike."""
+        running: list[Running] = []
+        try:
+            for name in names:
+                try:
+                    run = Running(make_spec(name), self.tmp).__enter__()
+                except (Unavailable, OSError) as exc:
+                    self._file(name, chosen, exc)
+                    continue
+                _say(f"{name}: ready after {run.ready_after:.2f} s")
+                running.append(run)
+            for r in range(self.args.rounds):
+                for w in chosen:
+                    for run in running:
+                        self.one(run, w)
+        finally:
+            for run in running:
+                run.stop()
+
+    def one(self, run: Running, w: str) -> None:
+        args, spec = self.args, run.spec
+        row = {"workload": w, "server": spec.name}
+        notes = []
+        self.notes[spec.name] = spec.note
+        if (w, spec.name) not in self.checked:
+            if spec.name == "ceiling":
+                self.checked[(w, spec.name)] = (0, 0, [])
+            else:
+                self.checked[(w, spec.name)] = check.sample(spec.port, self.queries[w], self.expect)
+        asked, wrong, problems = self.checked[(w, spec.name)]
+        if wrong:
+            notes.append("e.g. " + problems[0])
+        datafile = self.files[w]
+        try:
+            if args.warmup > 0:
+                dnsperf.run(spec.port, datafile, args.warmup, clients=args.clients, outstanding=args.outstanding)
+            res = dnsperf.run(spec.port, datafile, args.duration, clients=args.clients,
+                              outstanding=args.outstanding, qps_limit=args.qps)
+            p99 = None
+            if args.latency_duration > 0:
+                lat = dnsperf.run(spec.port, datafile, args.latency_duration, clients=args.clients,
+                                  outstanding=args.outstanding, qps_limit=args.qps,
+                                  verbose_to=self.tmp / f"{spec.name}-{w}.verbose")
+                p99 = lat.p99_ms
+        except dnsperf.DnsperfError as exc:
+            row["error"] = str(exc)
+            self.samples.setdefault((w, spec.name), []).append(row)
+            return
+        row.update(qps=res.qps, avg_ms=res.avg_ms, p99_ms=p99, lost_pct=res.lost_pct, sent=res.sent,
+                   rcodes=res.rcodes, rss_mb=run.rss_kb() / 1024, asked=asked, wrong=wrong,
+                   note="; ".join(notes))
+        self.samples.setdefault((w, spec.name), []).append(row)
+        _say(f"{spec.name} {w}: {res.qps:,.0f} QPS, lost {res.lost_pct:.2f}%, check {asked - wrong}/{asked}")
+
+
+def _memory(services: int, endpoints: int, args, tmp: Path) -> dict:
+    """kdns alone at one size: RSS once ready, start-to-ready, manifest change to answer."""
+    out = {"services": services, "endpoints": endpoints, "formula_mb": report.coredns_mb(services, endpoints)}
+    d = tmp / f"memory-{services}"
+    model = gen.generate(services, endpoints, seed=args.seed)
+    gen.write_manifests(model, d)
+    probe = (next(s for s in model.services if not s.headless).fqdn, "A")
+    reload_s = 0.25
+    spec = servers.kdns(d, servers.free_port(), probe, None, extra=["--reload", str(reload_s)])
+    _say(f"kdns memory at {services:,} services / {endpoints:,} endpoints: starting")
+    try:
+        with Running(spec, tmp) as run:
+            out["ready_s"] = run.ready_after
+            time.sleep(1.0)                     # let the first snapshot's garbage go
+            out["rss_mb"] = run.rss_kb() / 1024
+            out["change_note"] = f"> {args.change_timeout:g} s"
+            out.update(_change_to_answer(run, d, args.change_timeout))
+            _say(f"kdns memory at {services:,}: {out['rss_mb']:.1f} MB, ready {out['ready_s']:.2f} s, "
+                 f"change {out.get('change_s')}")
+    except (Unavailable, OSError) as exc:
+        out["error"] = str(exc)
+    return out
+
+
+def _change_to_answer(run: Running, directory: Path, timeout: float) -> dict:
+    """Add one Service in a new manifest file; time until kdns answers for it."""
+    name, ip = "bench-event", "10.111.222.33"
+    (directory / "zz-bench-event.yaml").write_text(
+        "apiVersion: v1\nkind: Service\n"
+        f"metadata: {{name: {name}, namespace: default}}\n"
+        f"spec: {{clusterIP: {ip}, ports: [{{name: http, port: 80}}]}}\n")
+    started = time.monotonic()
+    qname = f"{name}.default.svc.{gen.DOMAIN}."
+    while time.monotonic() - started < timeout:
+        r = servers.ask(run.spec.port, qname, "A", timeout=0.5)
+        if r is not None and any(ip in rr.to_text() for rr in r.answer):
+            return {"change_s": time.monotonic() - started}
+        if run.proc.poll() is not None:
+            return {"change_note": "kdns exited"}
+        time.sleep(0.02)
+    return {"change_s": None}
