@@ -8,6 +8,7 @@ always comes from a run without it and the latency run is a second, shorter one.
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import subprocess
@@ -76,8 +77,8 @@ def percentile(values: list[float], pct: float) -> float | None:
     if not values:
         return None
     values = sorted(values)
-    k = min(len(values) - 1, max(0, int(round(pct / 100 * len(values) + 0.5)) - 1))
-    return values[k]
+    k = max(0, math.ceil(pct / 100 * len(values)) - 1)     # nearest rank
+    return values[min(k, len(values) - 1)]
 
 
 def run(port: int, datafile: Path, duration: float, *, clients: int = 1, outstanding: int = 100,
@@ -101,8 +102,13 @@ def run(port: int, datafile: Path, duration: float, *, clients: int = 1, outstan
         raise DnsperfError(f"dnsperf exited {proc.returncode}: {proc.stderr.decode(errors='replace').strip()[-300:]}")
     result = parse(text)
     if verbose_to is not None:
-        latencies = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                     if line.startswith("> ") and line.count(" ") >= 3 and not line.startswith("> T")]
+        latencies = []
+        for line in text.splitlines():
+            if line.startswith("> "):                   # "> NOERROR name TYPE 0.000123"
+                try:
+                    latencies.append(float(line.rsplit(" ", 1)[1]))
+                except (ValueError, IndexError):
+                    pass
         p99 = percentile(latencies, 99)
         result.p99_ms = None if p99 is None else p99 * 1000
         verbose_to.unlink()
