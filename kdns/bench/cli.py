@@ -258,21 +258,27 @@ class Bench:
         if wrong:
             notes.append("e.g. " + problems[0])
         datafile = self.files[w]
+        drained = 0.0
         try:
             if args.warmup > 0:
                 dnsperf.run(spec.port, datafile, args.warmup, clients=args.clients, outstanding=args.outstanding)
+                drained += run.quiesce()
             res = dnsperf.run(spec.port, datafile, args.duration, clients=args.clients,
                               outstanding=args.outstanding, qps_limit=args.qps)
+            drained += run.quiesce()
             p99 = None
             if args.latency_duration > 0:
                 lat = dnsperf.run(spec.port, datafile, args.latency_duration, clients=args.clients,
                                   outstanding=args.outstanding, qps_limit=args.qps,
                                   verbose_to=self.tmp / f"{spec.name}-{w}.verbose")
                 p99 = lat.p99_ms
+                drained += run.quiesce()
         except dnsperf.DnsperfError as exc:
             row["error"] = str(exc)
             self.samples.setdefault((w, spec.name), []).append(row)
             return
+        if drained > 2:
+            notes.append(f"busy {drained:.0f} s after its runs (draining a backlog)")
         row.update(qps=res.qps, avg_ms=res.avg_ms, p99_ms=p99, lost_pct=res.lost_pct, sent=res.sent,
                    rcodes=res.rcodes, rss_mb=run.rss_kb() / 1024, asked=asked, wrong=wrong,
                    note="; ".join(notes))

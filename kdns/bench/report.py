@@ -47,6 +47,10 @@ def _f(value, fmt: str, missing: str = "-") -> str:
     return missing if value is None else format(value, fmt)
 
 
+def _k(qps: float) -> str:
+    return f"{qps / 1000:.0f}k" if qps >= 10_000 else f"{qps / 1000:.1f}k" if qps >= 1000 else f"{qps:.0f}"
+
+
 def table(rows: list[dict]) -> str:
     head = ("workload", "server", "QPS", "avg ms", "p99 ms", "lost %", "RSS MB", "check", "note")
     lines = [head]
@@ -58,7 +62,7 @@ def table(rows: list[dict]) -> str:
         qps = f"{r['qps']:,.0f}"
         runs = r.get("qps_runs") or []
         if len(runs) > 1:
-            qps += f" ({min(runs) / 1000:.0f}k-{max(runs) / 1000:.0f}k)"
+            qps += f" ({_k(min(runs))}-{_k(max(runs))})"
         lines.append((r["workload"], r["server"], qps, _f(r["avg_ms"], ".3f"),
                       _f(r["p99_ms"], ".3f"), _f(r["lost_pct"], ".2f"), _f(r["rss_mb"], ".1f"),
                       check, r.get("note", "")))

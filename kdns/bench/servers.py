@@ -146,6 +146,27 @@ class Running:
     def rss_kb(self) -> int:
         return rss_kb(self.proc.pid) if self.proc and self.proc.poll() is None else 0
 
+    def cpu_ticks(self) -> int:
+        """utime + stime of the server process (all its threads), in clock ticks."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def quiesce(self, limit: float = 30.0) -> float:
+        """Wait until the server stops burning CPU (a slow server is still draining the queries
+        dnsperf gave up on), so its backlog does not eat into the next run. Returns the wait."""
+        started = time.monotonic()
+        last = self.cpu_ticks()
+        while time.monotonic() - started < limit:
+            time.sleep(0.25)
+            now = self.cpu_ticks()
+            if now - last <= 1:                  # <= 1 tick in 250 ms: idle
+                break
+            last = now
+        return time.monotonic() - started
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
