@@ -10,6 +10,7 @@ import threading
 
 from kdns import __version__
 from kdns.config import Config, ConfigError, normalize_zone, parse_hostport
+from kdns.forward import ForwardConfigError
 from kdns.sources import manifests
 
 log = logging.getLogger("kdns")
@@ -29,6 +30,16 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
                         "default: the embedded example cluster (zones/)")
     p.add_argument("--service-cidr", default="10.96.0.0/12", metavar="CIDR",
                    help="range for Services whose manifest has no clusterIP (default 10.96.0.0/12)")
+
+
+def add_forward_args(p: argparse.ArgumentParser) -> None:
+    """Where names outside our zones go (docs/forwarding.md)."""
+    p.add_argument("--upstream", action="append", type=_listen, default=[], metavar="HOST[:PORT]",
+                   help="resolver for names outside the cluster zones; repeatable, tried in order; "
+                        "default: the nameservers of --resolv-conf")
+    p.add_argument("--resolv-conf", default="/etc/resolv.conf", metavar="PATH",
+                   help="read upstreams from this file's nameserver lines when no --upstream is "
+                        "given (default /etc/resolv.conf); '' = no forwarding (REFUSED)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pod-ip", default="", metavar="IP",
                    help="this server's pod IP: the Service whose endpoints hold it is the apex NS")
     s.add_argument("--cache-size", type=int, default=10000, metavar="N",
-                   help="packet cache entries (default 10000)")
+                   help="entries in the packet cache and, separately, in the forwarding cache "
+                        "(default 10000)")
+    add_forward_args(s)
     s.add_argument("--reload", type=float, default=2.0, metavar="SECONDS",
                    help="poll manifests for changes this often; 0 disables (default 2)")
     return parser
@@ -86,6 +99,19 @@ def _load_manifests(paths, service_cidr):
         return None
 
 
+def _forwarder(args, bound, cache_size):
+    """The Forwarder for --upstream / --resolv-conf, or None (out-of-zone names get REFUSED)."""
+    from kdns.forward import Forwarder, choose_upstreams
+
+    upstreams = choose_upstreams(args.upstream, args.resolv_conf, bound)
+    if not upstreams:
+        log.warning("no upstream resolvers: names outside the cluster zones get REFUSED")
+        return None
+    log.info("forwarding other names to %s",
+             ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in upstreams))
+    return Forwarder(upstreams, cache_size)
+
+
 def serve(args) -> int:
     from kdns.server import Server
     from kdns.snapshot import Store
@@ -107,6 +133,12 @@ def serve(args) -> int:
     except OSError as exc:
         print(f"kdns: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    try:
+        server.forwarder = _forwarder(args, bound, config.cache_size)
+    except ForwardConfigError as exc:
+        print(f"kdns: {exc}", file=sys.stderr)
+        server.close()
+        return 2
     watcher = None
     if args.reload > 0:
         watcher = manifests.Watcher(paths, config.service_cidr, store, args.reload)
@@ -121,7 +153,16 @@ def serve(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    looped: list[str] = []
+    if server.forwarder is not None:
+        # Like CoreDNS's loop plugin: a forwarding loop is fatal, loudly, rather than a slow
+        # storm of queries circling until every client times out.
+        server.forwarder.start_loop_probe(lambda msg: (looped.append(msg), stop.set()))
     stop.wait()
+    if looped:
+        print(f"kdns: {looped[0]}", file=sys.stderr)
+        server.close()
+        return 1
     if watcher:
         watcher.stop()
     server.close()

@@ -34,6 +34,8 @@ from typing import Callable, Iterable, Sequence
 
 import cachetools
 
+from kdns import answer as ans
+from kdns import wire
 from kdns.config import MAX_UDP_PAYLOAD
 
 log = logging.getLogger("kdns.forward")
@@ -580,6 +582,16 @@ class Forwarder:
             return SERVFAIL, ()
         return entry.rcode, answer_records(entry, self.clock())
 
+    def chase(self, query: wire.Query, resp: ans.Response, limit: int) -> bytes:
+        """The packet for an ExternalName A/AAAA whose target is outside our zones (§3.5): the
+        CNAME the answer engine made, then the target's records from upstream, TTLs as received.
+        NXDOMAIN, NODATA or no upstream answer: NOERROR with the CNAME alone."""
+        target, qtype = resp.chase
+        rcode, records = self.resolve(target, qtype)
+        if rcode == NOERROR:
+            resp.answer.extend(r for r in map(_answer_tuple, records) if r is not None)
+        return wire.encode(query, resp, limit)
+
     def start_loop_probe(self, on_loop: Callable[[str], None], attempts: int = 3,
                          interval: float = 1.0) -> threading.Thread:
         """CoreDNS's ``loop`` plugin: send HINFO <rand>.<rand>. to the upstreams. A query we send
@@ -741,6 +753,21 @@ def _recv_exactly(s: socket.socket, n: int, end: float) -> bytes:
             raise ConnectionError("upstream closed the TCP connection")
         buf += chunk
     return bytes(buf)
+
+
+def _answer_tuple(r: Record) -> ans.RR | None:
+    """A Record as the answer engine's (owner, type, ttl, rdata) for kdns.wire to pack. Only what
+    an address chase can bring back: a CNAME chain and its addresses (a DNAME's synthesised
+    CNAME is enough without it)."""
+    if r.rclass != C_IN:
+        return None
+    if r.rtype == T_A and len(r.rdata) == 4:
+        return (r.name, T_A, r.ttl, socket.inet_ntop(socket.AF_INET, r.rdata))
+    if r.rtype == T_AAAA and len(r.rdata) == 16:
+        return (r.name, T_AAAA, r.ttl, socket.inet_ntop(socket.AF_INET6, r.rdata))
+    if r.rtype == T_CNAME:
+        return (r.name, T_CNAME, r.ttl, wire_to_name(r.rdata))
+    return None
 
 
 def _expires(key, entry: Entry, now: float) -> float:

@@ -142,6 +142,10 @@ class Server:
             return wire.servfail(query)
         limit = MAX_TCP_MESSAGE if tcp else wire.udp_limit(query)
         if self.forwarder is not None and (resp.forward or resp.chase or resp.fallthrough):
+            if not tcp and not resp.chase:
+                hit = self.forwarder.cached(data)      # a forwarding-cache hit needs no thread
+                if hit is not None:
+                    return hit
             if tcp:
                 return self._slow(data, query, resp, limit, tcp)
             self._pool.submit(self._slow_reply, data, query, resp, limit, reply)
@@ -167,7 +171,7 @@ class Server:
     def _slow(self, data: bytes, query: wire.Query, resp: ans.Response, limit: int, tcp: bool) -> bytes:
         """Answers that need an upstream: forwarded names, ExternalName chases, PTR fallthrough."""
         if resp.forward or resp.fallthrough:
-            return self.forwarder.forward(data, tcp)
+            return self.forwarder.forward(data, tcp) or wire.servfail(query)
         return self.forwarder.chase(query, resp, limit)
 
     # ------------------------------------------------------------------ TCP
