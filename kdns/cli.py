@@ -37,7 +37,7 @@ def add_forward_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upstream", action="append", type=_listen, default=[], metavar="HOST[:PORT]",
                    help="resolver for names outside the cluster zones; repeatable, tried in order; "
                         "default: the nameservers of --resolv-conf")
-    p.add_argument("--resolv-conf", default="/etc/resolv.conf", metavar="PATH",
+    p.add_argument("--resolv-conf", default=None, metavar="PATH",
                    help="read upstreams from this file's nameserver lines when no --upstream is "
                         "given (default /etc/resolv.conf); '' = no forwarding (REFUSED)")
 
@@ -103,7 +103,9 @@ def _forwarder(args, bound, cache_size):
     """The Forwarder for --upstream / --resolv-conf, or None (out-of-zone names get REFUSED)."""
     from kdns.forward import Forwarder, choose_upstreams
 
-    upstreams = choose_upstreams(args.upstream, args.resolv_conf, bound)
+    # The default path may be missing (a minimal container): then there is simply no upstream.
+    upstreams = choose_upstreams(args.upstream, args.resolv_conf if args.resolv_conf is not None
+                                 else "/etc/resolv.conf", bound, missing_ok=args.resolv_conf is None)
     if not upstreams:
         log.warning("no upstream resolvers: names outside the cluster zones get REFUSED")
         return None

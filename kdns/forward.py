@@ -480,15 +480,22 @@ def is_own_address(upstream: tuple[str, int], listens: Iterable[tuple[str, int]]
 
 
 def choose_upstreams(explicit: Sequence[tuple[str, int]], resolv_conf: str,
-                     listens: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+                     listens: Sequence[tuple[str, int]],
+                     missing_ok: bool = False) -> list[tuple[str, int]]:
     """``--upstream`` if given, else the nameservers of ``--resolv-conf`` (``""`` = none), minus
-    kdns's own listen addresses. Raises ForwardConfigError when only our own addresses are left."""
+    kdns's own listen addresses. Raises ForwardConfigError when only our own addresses are left,
+    or when the file cannot be read (unless ``missing_ok``: the default path on a machine
+    without one)."""
     if explicit:
         source, candidates = "--upstream", list(explicit)
     elif resolv_conf:
         source = f"--resolv-conf {resolv_conf}"
         try:
             candidates = read_resolv_conf(resolv_conf)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise ForwardConfigError(f"{source}: cannot read: no such file") from None
+            candidates = []
         except OSError as e:
             raise ForwardConfigError(f"{source}: cannot read: {e.strerror}") from None
     else:

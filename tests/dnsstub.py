@@ -57,9 +57,17 @@ class Stub:
             daemon_threads = True
             allow_reuse_address = True
 
-        self.udp = UDPServer((host, port), UDP)
-        self.port = self.udp.server_address[1]
-        self.tcp = TCPServer((host, self.port), TCP)
+        for attempt in range(50):
+            # UDP picks a free port; TCP must get the same number, which another process may hold.
+            self.udp = UDPServer((host, port), UDP)
+            self.port = self.udp.server_address[1]
+            try:
+                self.tcp = TCPServer((host, self.port), TCP)
+                break
+            except OSError:
+                self.udp.server_close()
+                if port or attempt == 49:
+                    raise
         self.addr = (host, self.port)
         for server in (self.udp, self.tcp):
             threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()

@@ -385,9 +385,13 @@ def test_refuses_when_only_own_addresses_are_left(tmp_path):
 
 
 def test_unreadable_resolv_conf_is_a_clear_error(tmp_path):
-    with pytest.raises(ForwardConfigError, match=r"--resolv-conf .*missing.*cannot read"):
+    with pytest.raises(ForwardConfigError, match=r"--resolv-conf .*missing: cannot read: no such file"):
         forward.choose_upstreams([], str(tmp_path / "missing"), [])
 
 
 def test_empty_resolv_conf_setting_means_no_forwarding():
     assert forward.choose_upstreams([], "", []) == []
+
+
+def test_missing_default_resolv_conf_means_no_forwarding(tmp_path):
+    assert forward.choose_upstreams([], str(tmp_path / "missing"), [], missing_ok=True) == []
