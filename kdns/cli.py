@@ -99,7 +99,7 @@ def _load_manifests(paths, service_cidr):
         return None
 
 
-def _forwarder(args, bound, cache_size):
+def _forwarder(args, bound, cache_size, zones):
     """The Forwarder for --upstream / --resolv-conf, or None (out-of-zone names get REFUSED)."""
     from kdns.forward import Forwarder, choose_upstreams
 
@@ -111,7 +111,7 @@ def _forwarder(args, bound, cache_size):
         return None
     log.info("forwarding other names to %s",
              ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in upstreams))
-    return Forwarder(upstreams, cache_size)
+    return Forwarder(upstreams, cache_size, own_zones=zones)
 
 
 def serve(args) -> int:
@@ -140,7 +140,7 @@ def serve(args) -> int:
         print(f"kdns: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
     try:
-        server.forwarder = _forwarder(args, bound, config.cache_size)
+        server.forwarder = _forwarder(args, bound, config.cache_size, config.zones)
     except ForwardConfigError as exc:
         print(f"kdns: {exc}", file=sys.stderr)
         server.close()

@@ -154,7 +154,7 @@ def wire_to_name(wire: bytes) -> str:
     return ".".join(parts) + "."
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Query:
     """What forwarding needs from a client's query."""
     id: bytes            # 2 bytes, as sent
@@ -166,6 +166,7 @@ class Query:
     edns: bool           # the query carried an OPT RR
     udp_size: int        # its advertised payload size (512 without EDNS)
     do: bool             # its DO bit
+    edns_version: int = 0
 
     @property
     def key(self) -> tuple[bytes, int, int, bool]:
@@ -174,41 +175,52 @@ class Query:
 
 
 def parse_query(msg: bytes) -> Query:
-    if len(msg) < 12:
-        raise WireError("shorter than a DNS header")
-    flags, qd, an, ns, ar = struct.unpack_from("!HHHHH", msg, 2)
+    # Written for speed: the UDP loop calls this (via Forwarder.cached) on every packet-cache miss.
+    size = len(msg)
+    if size < 17:
+        raise WireError("shorter than a DNS header and a question")
+    flags, qd, an, ns, ar = _HEADER.unpack_from(msg, 2)
     if qd != 1:
         raise WireError(f"QDCOUNT {qd}, expected 1")
-    qend = _skip_name(msg, 12)
-    if qend + 4 > len(msg):
+    off = 12
+    try:
+        n = msg[off]
+        while n:
+            if n > 63:
+                break
+            off += n + 1
+            n = msg[off]
+    except IndexError:
+        raise WireError("name runs past the end of the message") from None
+    if n:       # a compression pointer (or a bad label) in the question: the careful way
+        name, qend = _read_name(msg, 12)
+    else:
+        qend = off + 1
+        name = msg[12:qend]
+    if qend + 4 > size:
         raise WireError("truncated question")
-    qtype, qclass = struct.unpack_from("!HH", msg, qend)
-    name = msg[12:qend]
-    if any(b & 0xC0 for b in _label_lengths(name)):
-        name, _ = _read_name(msg, 12)
+    qtype, qclass = _TYPE_CLASS.unpack_from(msg, qend)
     off = qend + 4
-    edns, udp_size, do = False, 512, False
+    edns, udp_size, do, version = False, 512, False, 0
     for i in range(an + ns + ar):
         rstart = off
         off = _skip_name(msg, off)
-        if off + 10 > len(msg):
+        if off + 10 > size:
             raise WireError("truncated resource record")
-        rtype, rclass, ttl, rdlen = struct.unpack_from("!HHIH", msg, off)
+        rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(msg, off)
         off += 10 + rdlen
-        if off > len(msg):
+        if off > size:
             raise WireError("truncated rdata")
         if rtype == T_OPT and i >= an + ns and msg[rstart] == 0:
             edns, udp_size, do = True, max(512, rclass), bool(ttl & 0x8000)
-    return Query(msg[0:2], flags, msg[12:qend + 4], name, qtype, qclass, edns, udp_size, do)
+            version = (ttl >> 16) & 0xFF
+    return Query(msg[0:2], flags, msg[12:qend + 4], name, qtype, qclass, edns, udp_size, do,
+                 version)
 
 
-def _label_lengths(name: bytes):
-    off = 0
-    while off < len(name) and name[off]:
-        yield name[off]
-        if name[off] & 0xC0:
-            return
-        off += name[off] + 1
+_HEADER = struct.Struct("!HHHHH")
+_TYPE_CLASS = struct.Struct("!HH")
+_RR_FIXED = struct.Struct("!HHIH")
 
 
 def _opt_rr(do: bool) -> bytes:
@@ -535,13 +547,16 @@ class Forwarder:
 
     def __init__(self, upstreams: Sequence[tuple[str, int]], cache_size: int = 10000,
                  timeout: float = 1.5, deadline: float = 3.5,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, own_zones: Iterable[str] = ()):
         if not upstreams:
             raise ForwardConfigError("no upstream resolvers")
         self.upstreams = tuple(upstreams)
         self.timeout = timeout          # one attempt at one upstream
         self.deadline = deadline        # everything for one query, all upstreams together
         self.clock = clock
+        # Names under these are answered from the snapshot; cached() leaves them alone, since
+        # a fallthrough entry (an upstream PTR) must not outlive the snapshot's NXDOMAIN.
+        self._own_zones = tuple(name_to_wire(z).lower() for z in own_zones)
         self._lock = threading.Lock()
         self._cache = cachetools.TLRUCache(max(1, cache_size), _expires, timer=clock)
         self._flights: dict[tuple, _Flight] = {}
@@ -569,16 +584,22 @@ class Forwarder:
         return serve(entry, q, 65535 if tcp else min(q.udp_size, MAX_UDP_PAYLOAD), self.clock())
 
     def cached(self, query: bytes) -> bytes | None:
-        """The reply from the cache alone (for a hot loop that must not block), else None."""
+        """The reply from the forwarding cache alone, else None: for the UDP loop, before any
+        other parsing. Only plain queries (QR=0, QUERY, EDNS version 0) for names outside
+        ``own_zones``; everything else takes the full path."""
+        if len(query) < 12 or query[2] & 0xF8:
+            return None
         try:
             q = parse_query(query)
         except WireError:
+            return None
+        if q.edns_version or q.name.lower().endswith(self._own_zones):
             return None
         with self._lock:
             entry = self._cache.get(q.key)
         if entry is None:
             return None
-        self._count("hits")
+        self.stats["hits"] += 1     # unlocked: a counter that may miss a beat, on the hot path
         return serve(entry, q, min(q.udp_size, MAX_UDP_PAYLOAD), self.clock())
 
     def resolve(self, name: str, qtype: int) -> tuple[int, tuple[Record, ...]]:

@@ -100,6 +100,7 @@ class Server:
 
     def _udp_loop(self, sock: socket.socket) -> None:
         recvfrom, sendto, holder = sock.recvfrom, sock.sendto, self.holder
+        forwarded = self.forwarder.cached if self.forwarder is not None else None
         gen, cache = None, self._cache
         while True:
             try:
@@ -118,6 +119,15 @@ class Server:
                 except OSError:
                     pass
                 continue
+            if forwarded is not None:
+                # A forwarding-cache hit: bytes patched in place, no dnslib, no thread hop.
+                hit = forwarded(data)
+                if hit is not None:
+                    try:
+                        sendto(hit, addr)
+                    except OSError:
+                        pass
+                    continue
             try:
                 packet = self._respond(data, snap, cache, tcp=False, reply=lambda p, a=addr: sendto(p, a))
                 if packet is not None:
@@ -142,10 +152,6 @@ class Server:
             return wire.servfail(query)
         limit = MAX_TCP_MESSAGE if tcp else wire.udp_limit(query)
         if self.forwarder is not None and (resp.forward or resp.chase or resp.fallthrough):
-            if not tcp and not resp.chase:
-                hit = self.forwarder.cached(data)      # a forwarding-cache hit needs no thread
-                if hit is not None:
-                    return hit
             if tcp:
                 return self._slow(data, query, resp, limit, tcp)
             self._pool.submit(self._slow_reply, data, query, resp, limit, reply)

@@ -10,6 +10,7 @@ import threading
 
 import dns.flags
 import dns.message
+import dns.opcode
 import dns.rcode
 import dns.rdatatype
 import pytest
@@ -395,3 +396,26 @@ def test_empty_resolv_conf_setting_means_no_forwarding():
 
 def test_missing_default_resolv_conf_means_no_forwarding(tmp_path):
     assert forward.choose_upstreams([], str(tmp_path / "missing"), [], missing_ok=True) == []
+
+
+def test_cached_leaves_own_zones_and_odd_queries_to_the_full_path(clock):
+    s = Stub(["9.9.244.10.in-addr.arpa. 300 IN PTR node-9.example.net.", *ZONE])
+    try:
+        fwd = Forwarder([s.addr], clock=clock, own_zones=("cluster.local", "in-addr.arpa"))
+        ptr = dns.message.make_query("9.9.244.10.in-addr.arpa.", "PTR")
+        fwd.forward(ptr.to_wire())                   # a fallthrough: forwarded and cached
+        assert fwd.cached(ptr.to_wire()) is None     # ... but the snapshot must decide first
+        assert dns.message.from_wire(fwd.forward(ptr.to_wire())).answer
+        assert s.count() == 1
+        ask(fwd, "www.example.com.")
+        q = dns.message.make_query("www.example.com.", "A")
+        assert fwd.cached(q.to_wire()) is not None
+        q.flags |= dns.flags.QR                      # a response: never answered
+        assert fwd.cached(q.to_wire()) is None
+        q = dns.message.make_query("www.example.com.", "A", use_edns=1)   # BADVERS is the core's
+        assert fwd.cached(q.to_wire()) is None
+        q = dns.message.make_query("www.example.com.", "A")
+        q.set_opcode(dns.opcode.NOTIFY)
+        assert fwd.cached(q.to_wire()) is None
+    finally:
+        s.close()

@@ -7,6 +7,7 @@ is dnspython.
 from __future__ import annotations
 
 import socket
+import time
 
 import dns.flags
 import dns.rcode
@@ -179,3 +180,28 @@ def test_forwarding_loop_is_detected_and_fatal():
     finally:
         k.stop()
         relay.close()
+
+
+def test_fallthrough_answer_never_outlives_the_snapshot(tmp_path, upstream):
+    """A reverse name answered by the upstream (fallthrough, cached for 300 s) becomes a cluster
+    IP: from the next snapshot on, kdns answers it itself."""
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: prod}\n")
+    k = KdnsProcess("--manifests", str(cluster), "--upstream", f"127.0.0.1:{upstream.port}",
+                    "--reload", "0.1")
+    try:
+        r = k.query("9.9.244.10.in-addr.arpa.", "PTR")
+        assert lines(r.answer) == ["9.9.244.10.in-addr.arpa. 300 IN PTR node-9.example.net."]
+        assert lines(k.query("9.9.244.10.in-addr.arpa.", "PTR").answer) == lines(r.answer)
+        cluster.write_text(cluster.read_text() + "---\napiVersion: v1\nkind: Service\n"
+                           "metadata: {name: node9, namespace: prod}\nspec:\n  type: ClusterIP\n"
+                           "  clusterIP: 10.244.9.9\n  ports: [{port: 80}]\n")
+        for _ in range(200):
+            if k.query("node9.prod.svc.cluster.local.").answer:
+                break
+            time.sleep(0.05)
+        r = k.query("9.9.244.10.in-addr.arpa.", "PTR")
+        assert lines(r.answer) == ["9.9.244.10.in-addr.arpa. 5 IN PTR node9.prod.svc.cluster.local."]
+        assert r.flags & dns.flags.AA
+    finally:
+        k.stop()
