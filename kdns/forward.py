@@ -453,7 +453,7 @@ def read_resolv_conf(path: str) -> list[tuple[str, int]]:
         for line in f:
             words = line.split("#", 1)[0].split(";", 1)[0].split()
             if len(words) >= 2 and words[0] == "nameserver":
-                host = words[1].split("%", 1)[0]    # fe80::1%eth0: the zone id is not ours to keep
+                host = words[1]         # fe80::1%eth0 keeps its zone: connect() needs it
                 try:
                     ipaddress.ip_address(host)
                 except ValueError:

@@ -357,7 +357,7 @@ def test_upstreams_from_resolv_conf(tmp_path):
     conf.write_text("# generated\nsearch example.com\nnameserver 192.0.2.1\nnameserver fe80::1%eth0\n"
                     "nameserver not-an-ip\noptions ndots:5\nnameserver 192.0.2.1 ; dup\n")
     assert forward.choose_upstreams([], str(conf), [("127.0.0.1", 5353)]) == [
-        ("192.0.2.1", 53), ("fe80::1", 53)]
+        ("192.0.2.1", 53), ("fe80::1%eth0", 53)]
 
 
 def test_explicit_upstreams_win_over_resolv_conf(tmp_path):
