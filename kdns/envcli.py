@@ -60,20 +60,27 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="env",
                    help="env: NAME=VALUE lines (default); shell: for eval; json: one object")
     p.add_argument("--sort", action="store_true", help="sort by name (bytewise), like `env | sort`")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
+    # dest is not "command": the top-level parser keeps the subcommand's name there.
+    p.add_argument("exec_command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
                    help="run CMD with the current environment plus these variables")
-    p.set_defaults(run=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        command = _command(args.command)
+        command = _command(args.exec_command)
         cluster = _cluster(args)
         namespace, links, container_env = _pod_inputs(args)
     except UsageError as exc:
         for line in exc.lines:
             print(f"kdns env: {line}", file=sys.stderr)
+        return 2
+    except manifests.ManifestError as exc:
+        # The same lines as `kdns serve` prints for the same files.
+        for line in exc.problems:
+            print(f"kdns: {line}", file=sys.stderr)
+        print(f"kdns: {len(exc.problems)} problem(s) in the manifests; nothing printed",
+              file=sys.stderr)
         return 2
     result = env.compute(cluster.services.values(), namespace, links, container_env,
                          known_namespaces=cluster.namespaces.keys() or None, sort=args.sort)
@@ -136,10 +143,7 @@ def _cluster(args: argparse.Namespace) -> Cluster:
         except (ModuleNotFoundError, OSError):
             raise UsageError("no --manifests given and the embedded example cluster "
                              "(zones/cluster.yaml) is not installed") from None
-    try:
-        return manifests.load(paths, str(net))
-    except manifests.ManifestError as exc:
-        raise UsageError(*exc.problems) from None
+    return manifests.load(paths, str(net))
 
 
 def _list_cluster(args: argparse.Namespace) -> Cluster:

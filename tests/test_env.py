@@ -456,9 +456,10 @@ def test_bad_manifests_exit_2_with_one_line_per_problem(tmp_path):
     assert proc.returncode == 2
     assert proc.stdout == b""
     err = stderr(proc).splitlines()
-    assert len(err) == 2, err
-    assert f"{bad}, document 1: Service/shop/web: field spec.clusterIP" in err[0]
-    assert f"{bad}, document 2: Service/shop/db: field spec.ports[0].port" in err[1]
+    assert len(err) == 3, err                     # as `kdns serve`: one per problem, a summary
+    assert err[0].startswith(f"kdns: {bad}, document 1: Service/shop/web: field spec.clusterIP")
+    assert err[1].startswith(f"kdns: {bad}, document 2: Service/shop/db: field spec.ports[0].port")
+    assert err[2] == "kdns: 2 problem(s) in the manifests; nothing printed"
     assert "Traceback" not in stderr(proc)
 
 
