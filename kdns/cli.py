@@ -98,6 +98,10 @@ def serve(args) -> int:
     except ConfigError as exc:
         print(f"kdns: {exc}", file=sys.stderr)
         return 2
+    # Handlers first: a SIGTERM that arrives while starting up still means a clean exit 0.
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     store = Store(config)
     paths = args.manifests or manifests.default_paths()
     cluster = _load_manifests(paths, config.service_cidr)
@@ -121,9 +125,6 @@ def serve(args) -> int:
     for host, port in bound:
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         log.info("listening on %s (udp, tcp)", shown)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     if watcher:
         watcher.stop()
