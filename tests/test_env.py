@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import Kdns
 from kdns import env as kenv
 from kdns.objects import EnvVar, service_from_dict
 from kdns.sources import manifests
@@ -354,6 +355,22 @@ def test_allocated_cluster_ip_matches_kdns_serve(tmp_path):
         got = dict(line.split("=", 1) for line in lines(kdns_env(*args)))
         assert got["WEB_SERVICE_HOST"] == served
         assert got["WEB_PORT_80_TCP"] == f"tcp://{served}:80"
+
+
+def test_env_and_a_real_dns_answer_agree(tmp_path):
+    """`kdns serve` on the same manifests answers A with the address `kdns env` prints."""
+    web = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "shop"},
+           "spec": {"ports": [{"name": "http", "port": 80}]}}
+    cluster = write_yaml(tmp_path / "cluster.yaml", [service_doc(MASTER), web])
+    got = dict(line.split("=", 1) for line in lines(kdns_env("--manifests", cluster, "-n", "shop")))
+    server = Kdns("--manifests", str(cluster), "--reload", "0")
+    try:
+        for name, var in (("web.shop.svc.cluster.local.", "WEB_SERVICE_HOST"),
+                          ("kubernetes.default.svc.cluster.local.", "KUBERNETES_SERVICE_HOST")):
+            reply = server.query(name, "A")
+            assert [rr.address for rrset in reply.answer for rr in rrset] == [got[var]]
+    finally:
+        server.stop()
 
 
 def test_unknown_namespace_prints_only_the_kubernetes_block(tmp_path):
