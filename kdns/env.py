@@ -32,6 +32,16 @@ _ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRST
 
 
 @dataclass(frozen=True, slots=True)
+class Resolved:
+    """A valueFrom variable the caller resolved (e.g. a fieldRef read from the pod file).
+
+    The kubelet stores such values as they are: `$(VAR)` expansion is only for `value`.
+    """
+    name: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
 class Result:
     variables: list[tuple[str, str]]           # canonical order, each name once
     warnings: list[str] = field(default_factory=list)
@@ -135,7 +145,7 @@ def _quote(value: str) -> str:
 
 
 def compute(services: Iterable[Service], namespace: str, links: bool = True,
-            container_env: Sequence[EnvVar] = (), known_namespaces: Iterable[str] | None = None,
+            container_env: Sequence[EnvVar | Resolved] = (), known_namespaces: Iterable[str] | None = None,
             sort: bool = False) -> Result:
     """What the container's environment holds from the kubelet (no image ENV, PATH, HOME)."""
     services = list(services)
@@ -183,6 +193,9 @@ def compute(services: Iterable[Service], namespace: str, links: bool = True,
         return None
 
     for var in container_env:
+        if isinstance(var, Resolved):
+            container[var.name] = var.value
+            continue
         if var.value is None:
             # valueFrom (fieldRef, configMapKeyRef, ...) needs the live pod; it still removes a
             # same-named service variable, as in the kubelet.

@@ -210,7 +210,47 @@ def _pod_inputs(args: argparse.Namespace) -> tuple[str, bool, tuple[EnvVar, ...]
         print(f"kdns env: warning: container {names[index]}: envFrom (ConfigMap/Secret) is not "
               f"modelled; its keys would also hide same-named service variables",
               file=sys.stderr)
-    return namespace, links, containers[index].env
+    raw_env = raw.get("env") if isinstance(raw, dict) else None
+    return namespace, links, _resolve_field_refs(containers[index].env, raw_env or [], doc, namespace)
+
+
+_LABEL_REF = re.compile(r"^metadata\.(labels|annotations)\['([^']*)'\]$")
+
+
+def _resolve_field_refs(env_vars: tuple[EnvVar, ...], raw_env: list, doc: dict,
+                        namespace: str) -> tuple[EnvVar | env.Resolved, ...]:
+    """valueFrom.fieldRef paths the pod file itself answers (the downward API's env fields).
+
+    Anything else (configMapKeyRef, secretKeyRef, resourceFieldRef, a status field the file
+    lacks) stays unresolved, and kdns.env says so.
+    """
+    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    spec = doc.get("spec") if isinstance(doc.get("spec"), dict) else {}
+    status = doc.get("status") if isinstance(doc.get("status"), dict) else {}
+
+    def ips(key: str) -> str | None:
+        items = status.get(key)
+        got = [i.get("ip") for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+        return ",".join(got) if got and all(isinstance(g, str) for g in got) else None
+
+    fields = {"metadata.name": meta.get("name"), "metadata.namespace": namespace,
+              "metadata.uid": meta.get("uid"), "spec.nodeName": spec.get("nodeName"),
+              "spec.serviceAccountName": spec.get("serviceAccountName"),
+              "status.podIP": status.get("podIP"), "status.hostIP": status.get("hostIP"),
+              "status.podIPs": ips("podIPs"), "status.hostIPs": ips("hostIPs")}
+    out: list[EnvVar | env.Resolved] = []
+    for var, raw in zip(env_vars, raw_env):
+        source = raw.get("valueFrom") if var.value is None else None
+        ref = source.get("fieldRef") if isinstance(source, dict) else None
+        path = ref.get("fieldPath") if isinstance(ref, dict) else None
+        value = fields.get(path) if isinstance(path, str) else None
+        label = _LABEL_REF.match(path) if isinstance(path, str) else None
+        if label:
+            # As the kubelet's fieldpath package: a missing key is "".
+            table = meta.get(label.group(1))
+            value = table.get(label.group(2), "") if isinstance(table, dict) else ""
+        out.append(env.Resolved(var.name, value) if isinstance(value, str) else var)
+    return tuple(out)
 
 
 def _read_pod(path: str) -> tuple[str, dict]:

@@ -437,13 +437,78 @@ def test_container_choice(tmp_path):
     assert kdns_env("--manifests", cluster, "--container", "web").returncode == 2
 
 
+def test_upstream_env_expansion_with_a_field_ref(tmp_path):
+    """kubelet_pods_test.go TestMakeEnvironmentVariables "env expansion" with its fieldRef
+    POD_NAME kept (the vector drops it): the pod file answers metadata.name."""
+    case = next(c for c in VECTORS if c["id"] == "upstream-mkenv-links-false")
+    cluster = write_yaml(tmp_path / "cluster.yaml", manifest_services(case))
+    declared = [
+        {"name": "TEST_LITERAL", "value": "test-test-test"},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+        {"name": "OUT_OF_ORDER_TEST", "value": "$(OUT_OF_ORDER_TARGET)"},
+        {"name": "OUT_OF_ORDER_TARGET", "value": "FOO"},
+        {"name": "EMPTY_VAR"},
+        {"name": "EMPTY_TEST", "value": "foo-$(EMPTY_VAR)"},
+        {"name": "POD_NAME_TEST2", "value": "test2-$(POD_NAME)"},
+        {"name": "POD_NAME_TEST3", "value": "$(POD_NAME_TEST2)-3"},
+        {"name": "LITERAL_TEST", "value": "literal-$(TEST_LITERAL)"},
+        {"name": "TEST_UNDEFINED", "value": "$(UNDEFINED_VAR)"},
+    ]
+    doc = pod_doc("test1", False, [{"name": "c", "env": declared}])
+    doc["metadata"]["name"] = "dapi-test-pod-name"
+    pod = write_yaml(tmp_path / "pod.yaml", [doc])
+    proc = kdns_env("--manifests", cluster, "--pod", pod)
+    assert proc.returncode == 0, stderr(proc)
+    assert lines(proc) == [
+        "TEST_LITERAL=test-test-test", "POD_NAME=dapi-test-pod-name",
+        "OUT_OF_ORDER_TEST=$(OUT_OF_ORDER_TARGET)", "OUT_OF_ORDER_TARGET=FOO", "EMPTY_VAR=",
+        "EMPTY_TEST=foo-", "POD_NAME_TEST2=test2-dapi-test-pod-name",
+        "POD_NAME_TEST3=test2-dapi-test-pod-name-3", "LITERAL_TEST=literal-test-test-test",
+        "TEST_UNDEFINED=$(UNDEFINED_VAR)",
+        "KUBERNETES_SERVICE_HOST=1.2.3.1", "KUBERNETES_SERVICE_PORT=8081",
+        "KUBERNETES_PORT=tcp://1.2.3.1:8081", "KUBERNETES_PORT_8081_TCP=tcp://1.2.3.1:8081",
+        "KUBERNETES_PORT_8081_TCP_PROTO=tcp", "KUBERNETES_PORT_8081_TCP_PORT=8081",
+        "KUBERNETES_PORT_8081_TCP_ADDR=1.2.3.1"]
+    assert "valueFrom" not in stderr(proc)
+
+
+def test_field_refs_the_pod_file_answers(tmp_path):
+    cluster = write_yaml(tmp_path / "cluster.yaml", [service_doc(MASTER)])
+
+    def ref(name: str, path: str) -> dict:
+        return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+    doc = pod_doc("shop", True, [{"name": "c", "env": [
+        ref("NS", "metadata.namespace"), ref("APP", "metadata.labels['app']"),
+        ref("NOLABEL", "metadata.labels['absent']"), ref("NOTE", "metadata.annotations['n']"),
+        ref("IP", "status.podIP"), ref("IPS", "status.podIPs"), ref("NODE", "spec.nodeName"),
+        ref("SA", "spec.serviceAccountName"),
+        {"name": "CM", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "k"}}},
+        {"name": "USE", "value": "$(APP)/$(IP)"}]}])
+    doc["metadata"].update(labels={"app": "web"}, annotations={"n": "$(APP) stays"})
+    doc["spec"]["nodeName"] = "node-1"
+    doc["status"] = {"podIP": "10.244.1.5", "podIPs": [{"ip": "10.244.1.5"}, {"ip": "fd00::5"}]}
+    pod = write_yaml(tmp_path / "pod.yaml", [doc])
+    proc = kdns_env("--manifests", cluster, "--pod", pod)
+    assert proc.returncode == 0, stderr(proc)
+    assert lines(proc)[:9] == ["NS=shop", "APP=web", "NOLABEL=", "NOTE=$(APP) stays",
+                               "IP=10.244.1.5", "IPS=10.244.1.5,fd00::5", "NODE=node-1",
+                               "USE=web/10.244.1.5", "KUBERNETES_SERVICE_HOST=10.96.0.1"]
+    warning = [line for line in stderr(proc).splitlines() if "valueFrom" in line]
+    assert len(warning) == 1 and "SA, CM" in warning[0]
+
+
 def test_value_from_is_left_out_but_still_hides_the_service_variable(tmp_path):
     cluster = write_yaml(tmp_path / "cluster.yaml", [service_doc(MASTER), service_doc(REDIS)])
     pod = write_yaml(tmp_path / "pod.yaml", [pod_doc("shop", True, [{"name": "app", "env": [
-        {"name": "REDIS_PORT", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}])])
+        {"name": "REDIS_PORT", "valueFrom": {"secretKeyRef": {"name": "s", "key": "port"}}},
+        {"name": "REDIS_SERVICE_HOST", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]}])])
     proc = kdns_env("--manifests", cluster, "--pod", pod)
     assert proc.returncode == 0
     assert not any(line.startswith("REDIS_PORT=") for line in lines(proc))
+    assert lines(proc)[0] == "REDIS_SERVICE_HOST=app"
+    assert not any(line.startswith("REDIS_SERVICE_HOST=10.") for line in lines(proc))
     assert any(line.startswith("REDIS_PORT_6379_TCP=") for line in lines(proc))
     assert "valueFrom" in stderr(proc)
 
@@ -526,4 +591,6 @@ def test_api_source_errors_are_one_clear_line(tmp_path):
     assert proc.returncode == 2
     err = stderr(proc)
     assert "Traceback" not in err
-    assert err.startswith("kdns env: ") and len(err.strip().splitlines()) == 1
+    ours = [line for line in err.splitlines() if line.startswith("kdns env: ")]
+    assert len(ours) == 1, err
+    assert "not available" in ours[0] or "cannot list Services from the cluster" in ours[0]
