@@ -145,8 +145,8 @@ def _quote(value: str) -> str:
 
 
 def compute(services: Iterable[Service], namespace: str, links: bool = True,
-            container_env: Sequence[EnvVar | Resolved] = (), known_namespaces: Iterable[str] | None = None,
-            sort: bool = False) -> Result:
+            container_env: Sequence[EnvVar | Resolved] = (),
+            known_namespaces: Iterable[str] | None = None, sort: bool = False) -> Result:
     """What the container's environment holds from the kubelet (no image ENV, PATH, HOME)."""
     services = list(services)
     warnings: list[str] = []
