@@ -29,6 +29,9 @@ log = logging.getLogger("kdns.server")
 TCP_IDLE_TIMEOUT = 10.0        # seconds a TCP client may sit idle between queries (RFC 7766 §6.2.3)
 TCP_MAX_CONNECTIONS = 256      # beyond this, new connections are closed at once
 MAX_TCP_MESSAGE = 65535
+# Forwarded queries waiting for a worker (CoreDNS forward's max_concurrent): past this, a dead
+# or slow upstream would only grow a queue whose answers come after the clients gave up.
+MAX_PENDING_FORWARDS = 1000
 
 
 class Server:
@@ -44,6 +47,7 @@ class Server:
         self._tcp: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="kdns-slow")
+        self._forward_slots = threading.BoundedSemaphore(MAX_PENDING_FORWARDS)
         self._tcp_slots = threading.BoundedSemaphore(TCP_MAX_CONNECTIONS)
         self._stopping = threading.Event()
 
@@ -154,6 +158,8 @@ class Server:
         if self.forwarder is not None and (resp.forward or resp.chase or resp.fallthrough):
             if tcp:
                 return self._slow(data, query, resp, limit, tcp)
+            if not self._forward_slots.acquire(blocking=False):
+                return wire.servfail(query)          # shed load at once, never queue forever
             self._pool.submit(self._slow_reply, data, query, resp, limit, reply)
             return None
         if resp.forward:
@@ -169,6 +175,8 @@ class Server:
         except Exception:
             log.exception("internal error forwarding %s", query.qname)
             packet = wire.servfail(query)
+        finally:
+            self._forward_slots.release()
         try:
             reply(packet)
         except OSError:

@@ -205,3 +205,59 @@ def test_fallthrough_answer_never_outlives_the_snapshot(tmp_path, upstream):
         assert r.flags & dns.flags.AA
     finally:
         k.stop()
+
+
+def test_forwarded_queries_beyond_the_pending_bound_get_servfail_at_once(monkeypatch):
+    """While the upstream holds every answer, at most MAX_PENDING_FORWARDS queries wait; the next
+    one is answered SERVFAIL at once instead of joining an ever-longer queue."""
+    import dns.message
+    import dns.query
+
+    from kdns import server as server_mod
+    from kdns.config import Config
+    from kdns.forward import Forwarder
+    from kdns.snapshot import Store
+    from kdns.sources import manifests
+
+    monkeypatch.setattr(server_mod, "MAX_PENDING_FORWARDS", 2)
+    held = Stub(UPSTREAM)
+    held.hold.clear()
+    config = Config(listen=(("127.0.0.1", 0),))
+    store = Store(config)
+    store.reset(manifests.load([DATA / "cluster.yaml"]))
+    srv = server_mod.Server(store.holder, config.listen, 100)
+    srv.forwarder = Forwarder([held.addr], 100, timeout=10, deadline=10, own_zones=config.zones)
+    (addr,) = srv.bind()
+    srv.start()
+    socks = []
+    try:
+        for name in ("a.example.org.", "b.example.org."):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(10)
+            s.sendto(dns.message.make_query(name, "A").to_wire(), addr)
+            socks.append(s)
+        for _ in range(500):          # both are with the upstream now
+            if held.count() == 2:
+                break
+            time.sleep(0.01)
+        assert held.count() == 2
+        r = dns.query.udp(dns.message.make_query("c.example.org.", "A"), addr[0], port=addr[1],
+                          timeout=5)
+        assert r.rcode() == dns.rcode.SERVFAIL and held.count() == 2
+        # cluster names are not held up behind them
+        r = dns.query.udp(dns.message.make_query("web.prod.svc.cluster.local.", "A"), addr[0],
+                          port=addr[1], timeout=5)
+        assert lines(r.answer) == ["web.prod.svc.cluster.local. 5 IN A 10.96.10.1"]
+        held.hold.set()
+        for s in socks:
+            assert dns.message.from_wire(s.recv(65535)).rcode() == dns.rcode.NXDOMAIN
+        # the slots are free again
+        r = dns.query.udp(dns.message.make_query("www.example.com.", "A"), addr[0], port=addr[1],
+                          timeout=5)
+        assert lines(r.answer) == ["www.example.com. 300 IN A 192.0.2.53"]
+    finally:
+        for s in socks:
+            s.close()
+        srv.close()
+        held.hold.set()
+        held.close()
