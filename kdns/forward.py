@@ -701,11 +701,18 @@ class Forwarder:
 
     def _fetch(self, name: bytes, qtype: int, qclass: int, do: bool, cd: bool,
                tcp: bool) -> Entry | None:
+        """Ask the upstreams in turn until one answers or the deadline passes. An upstream that
+        timed out stays in the rotation (a lost datagram must not fail the lookup: with a single
+        nameserver glibc gives up on our SERVFAIL), one that refused or failed outright is not
+        asked again for this query."""
         start = time.monotonic()
-        for i in self._order():
+        rotation = self._order()
+        turn = 0
+        while rotation:
             remaining = self.deadline - (time.monotonic() - start)
-            if remaining <= 0:
+            if remaining <= 0.01:
                 break
+            i = rotation[turn % len(rotation)]
             up = self.upstreams[i]
             msg, qid = build_query(name, qtype, qclass, do, cd)
             try:
@@ -720,19 +727,27 @@ class Forwarder:
                         self._count("upstream_queries")
                         reply = self._tcp(up, msg, qid, max(0.05, min(self.timeout, remaining)))
                 entry = normalise(reply, self.clock())
+            except socket.timeout as e:
+                self._failed(i, e)
+                turn += 1
+                continue
             except (OSError, WireError) as e:
-                self._count("upstream_failures")
-                log.debug("upstream %s failed: %s", _fmt(*up), e)
-                self._down_until[i] = self.clock() + DOWN_SECONDS
+                self._failed(i, e)
+                rotation.remove(i)
                 continue
             if entry.rcode in (SERVFAIL, REFUSED, FORMERR):
                 # This upstream cannot help (lame, misconfigured, overloaded): try the next one.
-                self._count("upstream_failures")
-                self._down_until[i] = self.clock() + DOWN_SECONDS
+                self._failed(i, f"rcode {entry.rcode}")
+                rotation.remove(i)
                 continue
             self._down_until[i] = 0.0
             return entry
         return None
+
+    def _failed(self, i: int, why) -> None:
+        self._count("upstream_failures")
+        log.debug("upstream %s failed: %s", _fmt(*self.upstreams[i]), why)
+        self._down_until[i] = self.clock() + DOWN_SECONDS
 
     @staticmethod
     def _matches(reply: bytes, query: bytes, qid: bytes) -> bool:
