@@ -587,7 +587,10 @@ class Forwarder:
         """The reply from the forwarding cache alone, else None: for the UDP loop, before any
         other parsing. Only plain queries (QR=0, QUERY, EDNS version 0) for names outside
         ``own_zones``; everything else takes the full path."""
-        if len(query) < 12 or query[2] & 0xF8:
+        # QR=0, opcode QUERY, and no answer/authority records, at most one additional (the
+        # OPT): anything the core would reject or look at twice goes the full way.
+        if len(query) < 12 or query[2] & 0xF8 or query[6:10] != b"\x00\x00\x00\x00" \
+                or query[10] or query[11] > 1:
             return None
         try:
             q = parse_query(query)

@@ -419,6 +419,9 @@ def test_cached_leaves_own_zones_and_odd_queries_to_the_full_path(clock):
         q = dns.message.make_query("www.example.com.", "A")
         q.set_opcode(dns.opcode.NOTIFY)
         assert fwd.cached(q.to_wire()) is None
+        wire = bytearray(dns.message.make_query("www.example.com.", "A").to_wire())
+        wire[7] = 1                                  # ANCOUNT 1 (and no such record): FORMERR's
+        assert fwd.cached(bytes(wire)) is None
     finally:
         s.close()
 
