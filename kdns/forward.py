@@ -611,7 +611,10 @@ class Forwarder:
         entry = self._lookup((wire.lower(), qtype, C_IN, False), wire, 0x0100, False)
         if entry is None:
             return SERVFAIL, ()
-        return entry.rcode, answer_records(entry, self.clock())
+        try:
+            return entry.rcode, answer_records(entry, self.clock())
+        except WireError:          # an rdata name we cannot follow: as good as no answer
+            return SERVFAIL, ()
 
     def chase(self, query: wire.Query, resp: ans.Response, limit: int) -> bytes:
         """The packet for an ExternalName A/AAAA whose target is outside our zones (§3.5): the

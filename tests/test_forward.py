@@ -455,3 +455,41 @@ def test_a_refusing_upstream_is_asked_once_per_query(clock):
         assert bad.count() == 1 and fwd.stats["upstream_queries"] == 2
     finally:
         bad.close()
+
+
+def test_garbage_never_escapes_as_anything_but_wire_error(stub, clock):
+    """Bounded, seeded mutation of real queries and replies through the byte-level parsers."""
+    import random
+
+    rng = random.Random(5)
+    fwd = Forwarder([stub.addr], clock=clock)
+    query = dns.message.make_query("www.example.com.", "A", use_edns=0).to_wire()
+    fwd.forward(query)
+    big = dns.message.make_query("big.example.com.", "A").to_wire()
+    reply = fwd.forward(big, tcp=True)
+    for _ in range(3000):
+        for seed in (query, reply):
+            data = bytearray(seed)
+            for _ in range(rng.randint(1, 6)):
+                op = rng.random()
+                pos = rng.randrange(len(data))
+                if op < 0.6:
+                    data[pos] = rng.randrange(256)
+                elif op < 0.8:
+                    del data[pos:]
+                    if len(data) < 2:
+                        data = bytearray(seed)
+                else:
+                    data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 4)))
+            data = bytes(data)
+            try:
+                forward.parse_query(data)
+            except forward.WireError:
+                pass
+            try:
+                entry = forward.normalise(data, 0.0)
+                forward.serve(entry, forward.parse_query(query), 512, 1.0)
+                forward.answer_records(entry, 1.0)
+            except forward.WireError:
+                pass
+            fwd.cached(data)          # None or bytes; never an exception
