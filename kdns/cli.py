@@ -8,8 +8,9 @@ import signal
 import sys
 import threading
 
-from kdns import __version__
+from kdns import __version__, envcli
 from kdns.config import Config, ConfigError, normalize_zone, parse_hostport
+from kdns.forward import ForwardConfigError
 from kdns.sources import manifests
 
 log = logging.getLogger("kdns")
@@ -29,6 +30,16 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
                         "default: the embedded example cluster (zones/)")
     p.add_argument("--service-cidr", default="10.96.0.0/12", metavar="CIDR",
                    help="range for Services whose manifest has no clusterIP (default 10.96.0.0/12)")
+
+
+def add_forward_args(p: argparse.ArgumentParser) -> None:
+    """Where names outside our zones go (docs/forwarding.md)."""
+    p.add_argument("--upstream", action="append", type=_listen, default=[], metavar="HOST[:PORT]",
+                   help="resolver for names outside the cluster zones; repeatable, tried in order; "
+                        "default: the nameservers of --resolv-conf")
+    p.add_argument("--resolv-conf", default=None, metavar="PATH",
+                   help="read upstreams from this file's nameserver lines when no --upstream is "
+                        "given (default /etc/resolv.conf); '' = no forwarding (REFUSED)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,9 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pod-ip", default="", metavar="IP",
                    help="this server's pod IP: the Service whose endpoints hold it is the apex NS")
     s.add_argument("--cache-size", type=int, default=10000, metavar="N",
-                   help="packet cache entries (default 10000)")
+                   help="entries in the packet cache and, separately, in the forwarding cache "
+                        "(default 10000)")
+    add_forward_args(s)
     s.add_argument("--reload", type=float, default=2.0, metavar="SECONDS",
                    help="poll manifests for changes this often; 0 disables (default 2)")
+    envcli.add_parser(sub)
     return parser
 
 
@@ -64,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="kdns: %(message)s")
     if args.command == "serve":
         return serve(args)
+    if args.command == "env":
+        return envcli.run(args)
     return 2
 
 
@@ -86,6 +102,21 @@ def _load_manifests(paths, service_cidr):
         return None
 
 
+def _forwarder(args, bound, cache_size, zones):
+    """The Forwarder for --upstream / --resolv-conf, or None (out-of-zone names get REFUSED)."""
+    from kdns.forward import Forwarder, choose_upstreams
+
+    # The default path may be missing (a minimal container): then there is simply no upstream.
+    upstreams = choose_upstreams(args.upstream, args.resolv_conf if args.resolv_conf is not None
+                                 else "/etc/resolv.conf", bound, missing_ok=args.resolv_conf is None)
+    if not upstreams:
+        log.warning("no upstream resolvers: names outside the cluster zones get REFUSED")
+        return None
+    log.info("forwarding other names to %s",
+             ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in upstreams))
+    return Forwarder(upstreams, cache_size, own_zones=zones)
+
+
 def serve(args) -> int:
     from kdns.server import Server
     from kdns.snapshot import Store
@@ -95,6 +126,10 @@ def serve(args) -> int:
     except ConfigError as exc:
         print(f"kdns: {exc}", file=sys.stderr)
         return 2
+    # Handlers first: a SIGTERM that arrives while starting up still means a clean exit 0.
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     store = Store(config)
     paths = args.manifests or manifests.default_paths()
     cluster = _load_manifests(paths, config.service_cidr)
@@ -107,6 +142,12 @@ def serve(args) -> int:
     except OSError as exc:
         print(f"kdns: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    try:
+        server.forwarder = _forwarder(args, bound, config.cache_size, config.zones)
+    except ForwardConfigError as exc:
+        print(f"kdns: {exc}", file=sys.stderr)
+        server.close()
+        return 2
     watcher = None
     if args.reload > 0:
         watcher = manifests.Watcher(paths, config.service_cidr, store, args.reload)
@@ -118,10 +159,16 @@ def serve(args) -> int:
     for host, port in bound:
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         log.info("listening on %s (udp, tcp)", shown)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    looped: list[str] = []
+    if server.forwarder is not None:
+        # Like CoreDNS's loop plugin: a forwarding loop is fatal, loudly, rather than a slow
+        # storm of queries circling until every client times out.
+        server.forwarder.start_loop_probe(lambda msg: (looped.append(msg), stop.set()))
     stop.wait()
+    if looped:
+        print(f"kdns: {looped[0]}", file=sys.stderr)
+        server.close()
+        return 1
     if watcher:
         watcher.stop()
     server.close()

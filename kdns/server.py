@@ -29,6 +29,9 @@ log = logging.getLogger("kdns.server")
 TCP_IDLE_TIMEOUT = 10.0        # seconds a TCP client may sit idle between queries (RFC 7766 §6.2.3)
 TCP_MAX_CONNECTIONS = 256      # beyond this, new connections are closed at once
 MAX_TCP_MESSAGE = 65535
+# Forwarded queries waiting for a worker (CoreDNS forward's max_concurrent): past this, a dead
+# or slow upstream would only grow a queue whose answers come after the clients gave up.
+MAX_PENDING_FORWARDS = 1000
 
 
 class Server:
@@ -44,6 +47,7 @@ class Server:
         self._tcp: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="kdns-slow")
+        self._forward_slots = threading.BoundedSemaphore(MAX_PENDING_FORWARDS)
         self._tcp_slots = threading.BoundedSemaphore(TCP_MAX_CONNECTIONS)
         self._stopping = threading.Event()
 
@@ -100,6 +104,7 @@ class Server:
 
     def _udp_loop(self, sock: socket.socket) -> None:
         recvfrom, sendto, holder = sock.recvfrom, sock.sendto, self.holder
+        forwarded = self.forwarder.cached if self.forwarder is not None else None
         gen, cache = None, self._cache
         while True:
             try:
@@ -118,6 +123,15 @@ class Server:
                 except OSError:
                     pass
                 continue
+            if forwarded is not None:
+                # A forwarding-cache hit: bytes patched in place, no dnslib, no thread hop.
+                hit = forwarded(data)
+                if hit is not None:
+                    try:
+                        sendto(hit, addr)
+                    except OSError:
+                        pass
+                    continue
             try:
                 packet = self._respond(data, snap, cache, tcp=False, reply=lambda p, a=addr: sendto(p, a))
                 if packet is not None:
@@ -144,6 +158,8 @@ class Server:
         if self.forwarder is not None and (resp.forward or resp.chase or resp.fallthrough):
             if tcp:
                 return self._slow(data, query, resp, limit, tcp)
+            if not self._forward_slots.acquire(blocking=False):
+                return wire.servfail(query)          # shed load at once, never queue forever
             self._pool.submit(self._slow_reply, data, query, resp, limit, reply)
             return None
         if resp.forward:
@@ -159,6 +175,8 @@ class Server:
         except Exception:
             log.exception("internal error forwarding %s", query.qname)
             packet = wire.servfail(query)
+        finally:
+            self._forward_slots.release()
         try:
             reply(packet)
         except OSError:
@@ -167,7 +185,7 @@ class Server:
     def _slow(self, data: bytes, query: wire.Query, resp: ans.Response, limit: int, tcp: bool) -> bytes:
         """Answers that need an upstream: forwarded names, ExternalName chases, PTR fallthrough."""
         if resp.forward or resp.fallthrough:
-            return self.forwarder.forward(data, tcp)
+            return self.forwarder.forward(data, tcp) or wire.servfail(query)
         return self.forwarder.chase(query, resp, limit)
 
     # ------------------------------------------------------------------ TCP
