@@ -183,10 +183,16 @@ class Running:
 
 # --------------------------------------------------------------------------- kdns
 
+_HELP: list[str] = []
+
+
 def kdns_accepts(flag: str) -> bool:
-    out = subprocess.run([sys.executable, "-m", "kdns", "serve", "--help"], cwd=REPO,
-                         capture_output=True, text=True, timeout=30)
-    return flag in out.stdout
+    """Whether this checkout's ``kdns serve`` has ``flag`` (the harness outlives flag changes)."""
+    if not _HELP:
+        out = subprocess.run([sys.executable, "-m", "kdns", "serve", "--help"], cwd=REPO,
+                             capture_output=True, text=True, timeout=30)
+        _HELP.append(out.stdout)
+    return flag in _HELP[0]
 
 
 def kdns(manifests: Path, port: int, probe: tuple[str, str], upstream: int | None,
@@ -201,6 +207,8 @@ def kdns(manifests: Path, port: int, probe: tuple[str, str], upstream: int | Non
             external = True
         else:
             note = "this kdns has no --upstream: external names answer REFUSED"
+    elif kdns_accepts("--resolv-conf"):
+        argv += ["--resolv-conf", ""]        # no forwarding to the host's resolvers: 127.0.0.1 only
     env = {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return Spec("kdns", argv, probe, port, note, cwd=REPO, env=env, ready_timeout=ready_timeout,
                 answers_external=external)
