@@ -267,14 +267,14 @@ def dnsmasq(tmp: Path, name: str, records: list[Record], port: int, probe: tuple
                 ready_timeout=120)
 
 
-def upstream_dnsmasq(tmp: Path, port: int, external: dict[str, str]) -> Spec:
+def upstream_dnsmasq(tmp: Path, port: int, external: dict[str, tuple[str, str]]) -> Spec:
     """The "internet" for workload (b): a dnsmasq holding the external names."""
     binary = _need("dnsmasq")
     d = tmp / "upstream"
     d.mkdir()
     conf = [f"port={port}", "listen-address=127.0.0.1", "bind-interfaces", "no-resolv", "no-hosts",
             "user=root", "pid-file=", "log-facility=-", "local-ttl=300", "cache-size=1000"]
-    conf += [f"host-record={n.rstrip('.')},{ip}" for n, ip in external.items()]
+    conf += [f"host-record={n.rstrip('.')},{v4},{v6}" for n, (v4, v6) in external.items()]
     # Everything else the walk might leak upstream: authoritative NXDOMAIN, not REFUSED.
     conf.append("local=/#/")
     path = d / "dnsmasq.conf"

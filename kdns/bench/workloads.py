@@ -25,8 +25,10 @@ DESCRIPTIONS = {
     "c": "uniform random A over <=10k services",
 }
 HOT = 32
-# The "internet": answered by the upstream dnsmasq (documentation addresses, RFC 5737).
-EXTERNAL = {f"{n}.": f"192.0.2.{i + 1}" for i, n in enumerate((
+# The "internet": answered by the upstream dnsmasq (documentation addresses, RFC 5737 / 3849).
+# Every name has A and AAAA: a bare NODATA from dnsmasq carries no SOA, so no resolver may cache
+# it (RFC 2308 §5), and real sites' negative answers do carry one.
+EXTERNAL = {f"{n}.": (f"192.0.2.{i + 1}", f"2001:db8::{i + 1:x}") for i, n in enumerate((
     "www.example.com", "api.github.com", "registry-1.docker.io", "s3.amazonaws.com", "pypi.org",
     "login.microsoftonline.com", "storage.googleapis.com", "sentry.io", "api.stripe.com",
     "hooks.slack.com", "quay.io", "auth.docker.io", "sts.amazonaws.com", "gcr.io",
@@ -49,8 +51,9 @@ class Expectations:
         for r in records:
             self.rrs[(r.name, r.type)] = self.rrs.get((r.name, r.type), 0) + 1
             self._add_name(r.name)
-        for name, _ in EXTERNAL.items():
+        for name in EXTERNAL:
             self.rrs[(name, "A")] = 1
+            self.rrs[(name, "AAAA")] = 1
 
     def _add_name(self, name: str) -> None:
         # Empty non-terminals exist too (NODATA, not NXDOMAIN), up to the zone apex.
