@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import dns.exception
@@ -42,9 +42,6 @@ class Spec:
     cwd: Path | None = None
     env: dict[str, str] | None = None
     ready_timeout: float = 30.0
-    # Workloads whose expected answers this server gives (the sample check still runs for all).
-    serves: frozenset[str] = frozenset({"a", "a-mix", "b", "c"})
-    answers_external: bool = True
 
 
 def free_port() -> int:
@@ -200,18 +197,15 @@ def kdns(manifests: Path, port: int, probe: tuple[str, str], upstream: int | Non
     argv = [sys.executable, "-m", "kdns", "serve", "--manifests", str(manifests),
             "--listen", f"127.0.0.1:{port}", *(extra or [])]
     note = ""
-    external = False
     if upstream is not None:
         if kdns_accepts("--upstream"):
             argv += ["--upstream", f"127.0.0.1:{upstream}"]
-            external = True
         else:
             note = "this kdns has no --upstream: external names answer REFUSED"
     elif kdns_accepts("--resolv-conf"):
         argv += ["--resolv-conf", ""]        # no forwarding to the host's resolvers: 127.0.0.1 only
     env = {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return Spec("kdns", argv, probe, port, note, cwd=REPO, env=env, ready_timeout=ready_timeout,
-                answers_external=external)
+    return Spec("kdns", argv, probe, port, note, cwd=REPO, env=env, ready_timeout=ready_timeout)
 
 
 # --------------------------------------------------------------------------- dnsmasq
@@ -262,9 +256,7 @@ def dnsmasq(tmp: Path, name: str, records: list[Record], port: int, probe: tuple
     path = d / "dnsmasq.conf"
     path.write_text("\n".join(conf) + "\n")
     what = "addn-hosts (A, PTR) + srv-host lines" if srv else "addn-hosts only (A, PTR; no SRV)"
-    serves = frozenset({"a", "a-mix", "b", "c"}) if srv else frozenset({"a", "b", "c"})
-    return Spec(name, [binary, "-k", f"--conf-file={path}"], probe, port, what, serves=serves,
-                ready_timeout=120)
+    return Spec(name, [binary, "-k", f"--conf-file={path}"], probe, port, what, ready_timeout=120)
 
 
 def upstream_dnsmasq(tmp: Path, port: int, external: dict[str, tuple[str, str]]) -> Spec:
@@ -290,7 +282,7 @@ def unbound(tmp: Path, records: list[Record], port: int, probe: tuple[str, str],
     binary = _need("unbound")
     d = tmp / "unbound"
     d.mkdir()
-    conf = ["server:", f"  interface: 127.0.0.1", f"  port: {port}", "  do-ip6: no",
+    conf = ["server:", "  interface: 127.0.0.1", f"  port: {port}", "  do-ip6: no",
             '  chroot: ""', '  username: ""', '  pidfile: ""', f'  directory: "{d}"',
             "  use-syslog: no", '  logfile: ""', "  verbosity: 0", "  num-threads: 1",
             "  do-not-query-localhost: no", "  access-control: 127.0.0.0/8 allow",
@@ -348,8 +340,7 @@ zone:
     path = d / "knot.conf"
     path.write_text(conf)
     return Spec("knot", [binary, "-c", str(path)], probe, port,
-                "authoritative only (external names REFUSED), udp-workers 1", ready_timeout=300,
-                answers_external=False)
+                "authoritative only (external names REFUSED), udp-workers 1", ready_timeout=300)
 
 
 # --------------------------------------------------------------------------- ceiling
@@ -406,5 +397,4 @@ def ceiling(tmp: Path, port: int) -> Spec:
     if out.returncode != 0:
         raise Unavailable(f"the ceiling does not build: {out.stderr.strip()[:200]}")
     return Spec("ceiling", [str(d / "ceiling"), str(port)], (f"ceiling.{DOMAIN}.", "A"), port,
-                "C, one fixed A answer to every query (answers not checked)",
-                answers_external=True)
+                "C, one fixed A answer to every query (answers not checked)")
