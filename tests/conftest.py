@@ -23,7 +23,9 @@ class Kdns:
     """A `kdns serve` subprocess; ``port`` is the UDP/TCP port it bound."""
 
     def __init__(self, *args: str, env: dict | None = None, wait: bool = True):
-        cmd = [sys.executable, "-m", "kdns", "serve", "--listen", "127.0.0.1:0", *args]
+        # --lameduck 0: tests stop many servers; one that wants a lameduck passes its own
+        # (argparse keeps the last value given).
+        cmd = [sys.executable, "-m", "kdns", "serve", "--listen", "127.0.0.1:0", "--lameduck", "0", *args]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env={**os.environ, **(env or {})})
         self.lines: list[str] = []
