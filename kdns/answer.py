@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kdns import names
-from kdns.snapshot import ENT, Node, Snapshot
+from kdns.snapshot import ENT, Node, Snapshot, endpoint_srv
 
 # RR types and rcodes (RFC 1035, 2782, 3596, 6891) - named here so that nothing above wire.py
 # needs dnslib.
@@ -100,11 +100,12 @@ def _answer_into(snap: Snapshot, resp: Response, qname: str, qtype: int, zone: s
             return
         want6 = qtype == AAAA
         resp.answer.extend((qname, qtype, ttl, ip) for ip in node.addrs if (":" in ip) == want6)
-    elif qtype == SRV and node.srv is not None:
+    elif qtype == SRV and (node.srv is not None or node.ports):
+        srv = node.srv or endpoint_srv(node, ".".join(labels).lower())
         resp.answer.extend((qname, SRV, ttl, (p, w, port, f"{t}.{spelled}."))
-                           for p, w, port, t in node.srv.records)
+                           for p, w, port, t in srv.records)
         resp.additional.extend((f"{t}.{spelled}.", AAAA if ":" in ip else A, ttl, ip)
-                               for t, ip in node.srv.additional)
+                               for t, ip in srv.additional)
     elif qtype == CNAME and node.cname:
         resp.answer.append((qname, CNAME, ttl, node.cname + "."))
     elif qtype == TXT and labels == ["dns-version"]:

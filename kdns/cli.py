@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 
-from kdns import __version__
+from kdns import __version__, envcli
 from kdns.config import Config, ConfigError, normalize_zone, parse_hostport
 from kdns.sources import manifests
 
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reload", type=float, default=2.0, metavar="SECONDS",
                    help="poll manifests for changes this often; 0 disables (default 2)")
     add_ops_args(s)
+    envcli.add_parser(sub)
     return parser
 
 
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="kdns: %(message)s")
     if args.command == "serve":
         return serve(args)
+    if args.command == "env":
+        return envcli.run(args)
     return 2
 
 

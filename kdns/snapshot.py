@@ -23,6 +23,73 @@ from kdns.objects import Cluster, EndpointSlice, Namespace, Pod, Service
 
 
 
+_GONE = object()
+
+
+class LayeredMap:
+    """A read-only map published as a big shared ``base`` plus a small ``delta`` of changes.
+
+    Publishing a change copies only the delta, so an event in a 100,000-endpoint cluster costs
+    O(changes since the last compaction), not O(cluster); the writer folds the delta into a new
+    base once it grows past ``COMPACT_AT`` (an amortised copy).
+    """
+
+    __slots__ = ("base", "delta")
+    COMPACT_AT = 2048
+
+    def __init__(self, base: dict | None = None, delta: dict | None = None):
+        self.base = base if base is not None else {}
+        self.delta = delta if delta is not None else {}
+
+    def get(self, key, default=None):
+        value = self.delta.get(key, _GONE)
+        if value is _GONE:
+            return self.base.get(key, default)
+        return default if value is None else value
+
+    def __contains__(self, key) -> bool:
+        return self.get(key) is not None
+
+    def __getitem__(self, key):
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.keys())
+
+    def keys(self):
+        for key, value in self.delta.items():
+            if value is not None:
+                yield key
+        for key in self.base:
+            if key not in self.delta:
+                yield key
+
+    def __iter__(self):
+        return self.keys()
+
+    def items(self):
+        for key in self.keys():
+            yield key, self[key]
+
+    def values(self):
+        for key in self.keys():
+            yield self[key]
+
+    def with_changes(self, changes: dict) -> "LayeredMap":
+        """A new map with ``changes`` applied (value None deletes); self is not modified."""
+        delta = {**self.delta, **changes}
+        if len(delta) < self.COMPACT_AT:
+            return LayeredMap(self.base, delta)
+        base = {**self.base, **delta}
+        for key, value in delta.items():
+            if value is None:
+                del base[key]
+        return LayeredMap(base)
+
+
 class SRVSet(NamedTuple):
     """SRV answers at one name, with their additional A/AAAA, per dns-behavior.md §3.2/§3.3."""
     records: tuple[tuple[int, int, int, str], ...]   # (priority, weight, port, target relative to zone)
@@ -34,6 +101,9 @@ class Node(NamedTuple):
     addrs: tuple[str, ...] = ()    # canonical IPs: A for v4, AAAA for v6
     srv: SRVSet | None = None
     cname: str = ""                # ExternalName target, absolute, lower case, no trailing dot
+    # Endpoint names keep only their slice ports: their SRV (rarely asked) is made on demand,
+    # which saves a precomputed SRVSet per endpoint (~0.3 KB x every endpoint of the cluster).
+    ports: tuple[int, ...] = ()
 
 
 ENT = Node()
@@ -54,9 +124,9 @@ class Snapshot:
     synced: bool                                        # False until the first full API listing
     config: Config
     zones: tuple[str, ...]
-    services: Mapping[tuple[str, str], ServiceRecords]
+    services: Mapping[tuple[str, str], ServiceRecords]  # a LayeredMap
     namespaces: frozenset[str]
-    ptr: Mapping[str, tuple[str, ...]]                  # ip -> PTR targets relative to the zone
+    ptr: Mapping[str, tuple[str, ...]]                  # ip -> PTR targets relative to the zone (LayeredMap)
     pods: frozenset[tuple[str, str]] = frozenset()      # (namespace, ip) of verified pods
     ns_records: tuple[tuple[str, tuple[str, ...]], ...] = ()   # apex NS: (target rel, glue ips)
 
@@ -111,18 +181,25 @@ def compile_service(svc: Service, slices: list[EndpointSlice], config: Config) -
                 published.append((_endpoint_name(ep, ip, config.endpoint_pod_names), ip, sl))
 
     ep_addrs: dict[str, dict[str, None]] = defaultdict(dict)
-    ep_items: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
+    ep_ports: dict[str, dict[int, None]] = defaultdict(dict)
+    targets: dict[str, str] = {}                  # endpoint name -> its name relative to the zone
     for epname, ip, sl in published:
         ep_addrs[epname][ip] = None
-        target = f"{epname}.{base}"
+        if epname not in targets:
+            targets[epname] = f"{epname}.{base}"
         for port in sl.ports or ():
-            ep_items[epname].append((port.port, target, ip))
-    endpoints = {n: Node(tuple(a), _srv_set(ep_items[n])) for n, a in ep_addrs.items()}
+            if port.port > 0:
+                ep_ports[epname][port.port] = None
+    shared: dict[tuple[int, ...], tuple[int, ...]] = {}   # one ports tuple for all alike endpoints
+    endpoints = {}
+    for n, a in ep_addrs.items():
+        numbers = tuple(ep_ports[n])
+        endpoints[n] = Node(tuple(a), ports=shared.setdefault(numbers, numbers))
     ptrs = []
     for epname, ip, _ in published:
         if (epname, ip) not in seen:
             seen.add((epname, ip))
-            ptrs.append((ip, f"{epname}.{base}", False))
+            ptrs.append((ip, targets[epname], False))
 
     ports: dict[tuple[str, str], list[tuple[int, str, str]]] = defaultdict(list)
     bare: list[tuple[int, str, str]] = []
@@ -131,7 +208,7 @@ def compile_service(svc: Service, slices: list[EndpointSlice], config: Config) -
             return ServiceRecords(None)                  # no ready address: NXDOMAIN (SPEC §2.4.1)
         addrs = tuple(dict.fromkeys(ip for _, ip, _ in published))
         for epname, ip, sl in published:
-            target = f"{epname}.{base}"
+            target = targets[epname]
             for port in sl.ports or ():
                 item = (port.port, target, ip)
                 bare.append(item)
@@ -146,66 +223,74 @@ def compile_service(svc: Service, slices: list[EndpointSlice], config: Config) -
                 if port.name:
                     ports[(port.name, port.protocol.lower())].append(item)
         ptrs = [(ip, base, True) for ip in addrs] + ptrs
-    port_nodes = {k: Node(srv=_srv_set(v)) for k, v in ports.items() if _srv_set(v)}
+    port_nodes = {k: Node(srv=s) for k, s in ((k, _srv_set(v)) for k, v in ports.items()) if s}
     return ServiceRecords(Node(addrs, _srv_set(bare)), port_nodes, endpoints, tuple(ptrs))
 
 
-@dataclass
+def endpoint_srv(node: Node, target: str) -> SRVSet | None:
+    """SRV at an endpoint name: its slice ports x its addresses, target the endpoint itself."""
+    return _srv_set([(port, target, ip) for ip in node.addrs for port in node.ports])
+
+
 class Store:
     """The writer side: objects in, Snapshots out. Implements the sources' Sink protocol.
 
-    Not thread-safe for writers (one source thread writes); readers only use ``holder``.
+    One writer at a time (a lock serialises sources); readers only ever use ``holder.current``.
+    Each event recompiles the one Service it touches and publishes only the changed entries
+    (LayeredMap deltas), so its cost does not grow with the cluster.
     """
 
-    config: Config
-    holder: "Holder" = None  # type: ignore[assignment]
-    cluster: Cluster = field(default_factory=Cluster)
-    _slices_by_service: dict[tuple[str, str], dict[str, EndpointSlice]] = field(default_factory=dict)
-    _records: dict[tuple[str, str], ServiceRecords] = field(default_factory=dict)
-    _ptr_owners: dict[str, dict[tuple[str, str], None]] = field(default_factory=dict)
-    _ptr: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    _synced: bool = False
-    _pods: frozenset | None = None                  # cached verified-pod index, None = stale
-    _ns: tuple | None = None                        # cached apex NS records, None = stale
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __post_init__(self) -> None:
-        if self.holder is None:
-            self.holder = Holder(self._snapshot())
+    def __init__(self, config: Config):
+        self.config = config
+        self.cluster = Cluster()
+        self._lock = threading.Lock()
+        self._slices_by_service: dict[tuple[str, str], dict[str, EndpointSlice]] = {}
+        self._records: dict[tuple[str, str], ServiceRecords] = {}
+        self._ptr_owners: dict[str, tuple[tuple[str, str], ...]] = {}   # ip -> Services with a PTR for it
+        self._ptr: dict[str, tuple[str, ...]] = {}
+        self._changed_records: dict = {}
+        self._changed_ptr: dict = {}
+        self._pub_records = LayeredMap()
+        self._pub_ptr = LayeredMap()
+        self._synced = False
+        self._pods: frozenset | None = None     # cached verified-pod index, None = stale
+        self._ns: tuple | None = None           # cached apex NS records, None = stale
+        self._own_ip = ipaddress.ip_address(config.pod_ip).compressed if config.pod_ip else ""
+        self.holder = Holder(self._snapshot())
 
     # ---- Sink
     def reset(self, cluster: Cluster, synced: bool = True) -> None:
         with self._lock:
             self.cluster = Cluster(dict(cluster.services), dict(cluster.slices),
                                    dict(cluster.namespaces), dict(cluster.pods))
-            self._slices_by_service = defaultdict(dict)
+            self._slices_by_service = {}
             for sl in self.cluster.slices.values():
-                self._slices_by_service[(sl.namespace, sl.service_name)][sl.name] = sl
-            self._records = {}
-            self._ptr_owners = {}
-            self._ptr = {}
+                self._slices_by_service.setdefault((sl.namespace, sl.service_name), {})[sl.name] = sl
+            self._records, self._ptr_owners, self._ptr = {}, {}, {}
             for key in self.cluster.services:
                 self._recompile(key)
+            self._pub_records, self._pub_ptr = LayeredMap(dict(self._records)), LayeredMap(dict(self._ptr))
+            self._changed_records, self._changed_ptr = {}, {}
             self._synced = synced
             self._pods = self._ns = None
-            self.holder.current = self._snapshot()
+            self._publish()
 
     def apply(self, op: str, obj) -> None:
         with self._lock:
             self._apply(op, obj)
-            self.holder.current = self._snapshot()
+            self._publish()
 
     def apply_many(self, events) -> None:
         """Several events, one published snapshot (a burst of watch events)."""
         with self._lock:
             for op, obj in events:
                 self._apply(op, obj)
-            self.holder.current = self._snapshot()
+            self._publish()
 
     def set_synced(self, synced: bool) -> None:
         with self._lock:
             self._synced = synced
-            self.holder.current = self._snapshot()
+            self._publish()
 
     # ---- internals
     def _apply(self, op: str, obj) -> None:
@@ -250,57 +335,67 @@ class Store:
             slices = sorted(self._slices_by_service.get(key, {}).values(), key=lambda s: s.name)
             new = compile_service(svc, slices, self.config)
             self._records[key] = new
-        touched = {ip for ip, _, _ in (old.ptrs if old else ())} | {ip for ip, _, _ in (new.ptrs if new else ())}
-        if self.config.pod_ip and ipaddress.ip_address(self.config.pod_ip).compressed in touched:
+        self._changed_records[key] = new
+        old_ips = {ip for ip, _, _ in old.ptrs} if old else set()
+        new_ips = {ip for ip, _, _ in new.ptrs} if new else set()
+        for ip in old_ips | new_ips:
+            owners = tuple(k for k in self._ptr_owners.get(ip, ()) if k != key)
+            if ip in new_ips:
+                owners = tuple(sorted(owners + (key,)))
+            if owners:
+                self._ptr_owners[ip] = owners
+            else:
+                self._ptr_owners.pop(ip, None)
+            self._rebuild_ptr(ip, owners)
+        if self._own_ip and self._own_ip in old_ips | new_ips:
             self._ns = None                 # the apex NS target follows the Service holding our IP
-        for ip in touched:
-            owners = self._ptr_owners.setdefault(ip, {})
-            owners.pop(key, None)
-            if new is not None and any(p[0] == ip for p in new.ptrs):
-                owners[key] = None
-            self._rebuild_ptr(ip)
 
-    def _rebuild_ptr(self, ip: str) -> None:
+    def _rebuild_ptr(self, ip: str, owners: tuple) -> None:
         """§3.6: a cluster IP gives one PTR (first Service); else one PTR per endpoint Service."""
-        owners = sorted(self._ptr_owners.get(ip, ()))
         cluster_ip, endpoint = [], []
         for key in owners:
             for pip, target, is_cluster in self._records[key].ptrs:
                 if pip == ip:
                     (cluster_ip if is_cluster else endpoint).append(target)
-        targets = cluster_ip[:1] or list(dict.fromkeys(endpoint))
+        targets = tuple(cluster_ip[:1] or dict.fromkeys(endpoint))
         if targets:
-            self._ptr[ip] = tuple(targets)
+            self._ptr[ip] = targets
         else:
             self._ptr.pop(ip, None)
-            self._ptr_owners.pop(ip, None)
+        self._changed_ptr[ip] = targets or None
 
     def _ns_records(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
-        cfg = self.config
-        if cfg.pod_ip:
-            own = ipaddress.ip_address(cfg.pod_ip).compressed
+        if self._own_ip:
             for key in sorted(self._records):
                 rec = self._records[key]
                 for name, node in sorted(rec.endpoints.items()):
-                    if own in node.addrs:
+                    if self._own_ip in node.addrs:
                         svc = self.cluster.services[key]
                         base = f"{svc.name}.{svc.namespace}.svc"
                         if svc.headless:
                             return ((f"{name}.{base}", node.addrs),)
                         return ((base, svc.addresses),)
-        return (("ns.dns", cfg.ns_addresses),)
+        return (("ns.dns", self.config.ns_addresses),)
+
+    def _publish(self) -> None:
+        if self._changed_records:
+            self._pub_records = self._pub_records.with_changes(self._changed_records)
+            self._changed_records = {}
+        if self._changed_ptr:
+            self._pub_ptr = self._pub_ptr.with_changes(self._changed_ptr)
+            self._changed_ptr = {}
+        self.holder.current = self._snapshot()
 
     def _snapshot(self) -> Snapshot:
-        prev = getattr(self.holder, "current", None) if self.holder else None
-        version = max(int(time.time()), prev.version + 1 if prev else 0)
+        prev = getattr(self, "holder", None)
+        version = max(int(time.time()), prev.current.version + 1 if prev else 0)
         if self._pods is None:
             self._pods = frozenset((p.namespace, p.ip) for p in self.cluster.pods.values() if p.active) \
                 if self.config.pods == "verified" else frozenset()
         if self._ns is None:
             self._ns = self._ns_records()
-        # Copies: the published maps must never change under a reader.
-        return Snapshot(version, self._synced, self.config, self.config.zones, dict(self._records),
-                        frozenset(self.cluster.namespaces), dict(self._ptr), self._pods, self._ns)
+        return Snapshot(version, self._synced, self.config, self.config.zones, self._pub_records,
+                        frozenset(self.cluster.namespaces), self._pub_ptr, self._pods, self._ns)
 
 
 class Holder:
