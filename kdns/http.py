@@ -21,8 +21,11 @@ log = logging.getLogger("kdns.http")
 class Status:
     """What /ready reports: the served snapshot's sync state, and whether we are shutting down."""
 
-    def __init__(self, snapshot):
+    def __init__(self, snapshot, waiting_for=None):
         self.snapshot = snapshot            # () -> the current Snapshot
+        # () -> what the source still waits for, e.g. "endpointslices, namespaces" (optional;
+        # the API source can say which kinds are not listed yet).
+        self.waiting_for = waiting_for
         self.lameduck = False
 
     def not_ready(self) -> str | None:
@@ -30,7 +33,9 @@ class Status:
         if self.lameduck:
             return "shutting down (lameduck): still answering DNS, but take this server out of rotation"
         if not self.snapshot().synced:
-            return "not synced: waiting for the first full listing of the Kubernetes API"
+            detail = self.waiting_for() if self.waiting_for else ""
+            return "not synced: waiting for the first full listing of the Kubernetes API" + \
+                (f" ({detail})" if detail else "")
         return None
 
     def ready(self) -> bool:

@@ -152,6 +152,10 @@ def test_ready_is_503_with_the_reason_until_synced():
         assert code == 503 and "lameduck" in body
     finally:
         web.close()
+    # A source that knows which kinds it still waits for can say so.
+    status = http.Status(lambda: build(Cluster(), Config(), synced=False), lambda: "endpointslices")
+    assert status.not_ready() == \
+        "not synced: waiting for the first full listing of the Kubernetes API (endpointslices)"
 
 
 def wait_for(predicate, timeout: float = 10.0) -> bool:
