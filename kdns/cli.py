@@ -30,11 +30,21 @@ def _http(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0-3600 seconds")
+    return value
+
+
 def add_ops_args(p: argparse.ArgumentParser) -> None:
     """Running under an orchestrator: probes, metrics, graceful shutdown (docs/ops.md)."""
     p.add_argument("--http", type=_http, default=None, metavar="HOST:PORT",
                    help="serve /health, /ready and /metrics here (default: off); port 0 picks one")
-    p.add_argument("--lameduck", type=float, default=5.0, metavar="SECONDS",
+    p.add_argument("--lameduck", type=_seconds, default=5.0, metavar="SECONDS",
                    help="after SIGTERM or SIGINT, report not ready but keep answering DNS this long, "
                         "then exit 0; a second signal ends it at once (default 5)")
 

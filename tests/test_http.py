@@ -214,3 +214,7 @@ def test_http_flag_errors_are_clear():
     assert server.proc.wait(30) == 2
     log = server.stop()
     assert "'nowhere' is not an IP address" in log and "Traceback" not in log
+    server = Kdns("--lameduck", "-1", wait=False)
+    assert server.proc.wait(30) == 2
+    log = server.stop()
+    assert "--lameduck: '-1': must be 0-3600 seconds" in log and "Traceback" not in log
