@@ -186,7 +186,8 @@ def test_dockerfile_steps_install_and_run(stages, tmp_path):
     workdir = tmp_path / "empty-cwd"
     workdir.mkdir()
     argv = [str(runtime / "bin" / "python"), *ENTRYPOINT[1:],
-            "serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--lameduck", "0"]
+            "serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--lameduck", "0",
+            "--resolv-conf", ""]   # never the machine's resolvers from a test
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env.update(env_of(final))
     proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.PIPE,
