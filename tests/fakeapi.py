@@ -232,6 +232,8 @@ class FakeAPI:
         self._objects: dict[str, dict[tuple[str, str], dict]] = {r: {} for r in RESOURCES}
         self._history: dict[str, deque[Event]] = {r: deque() for r in RESOURCES}
         self._compacted: dict[str, int] = {r: start_rv for r in RESOURCES}
+        # The newest event dropped from each ring: an open stream behind it has lost events.
+        self._lost: dict[str, int] = {r: 0 for r in RESOURCES}
         self._snapshots: dict[str, tuple[int, str, list[dict]]] = {}
         self._faults: list[Fault] = []
         self._streams: list[Stream] = []
@@ -361,6 +363,8 @@ class FakeAPI:
         """Forget all history: any watch or continue token older than now is 410 Expired."""
         with self._cond:
             for r in RESOURCES:
+                if self._history[r]:
+                    self._lost[r] = max(self._lost[r], self._history[r][-1].rv)
                 self._history[r].clear()
                 self._compacted[r] = self._rv
             self._snapshots.clear()
@@ -456,7 +460,7 @@ class FakeAPI:
         ring = self._history[res.name]
         ring.append(Event(int(obj["metadata"]["resourceVersion"]), type_, obj, old))
         while len(ring) > self.history_size:
-            self._compacted[res.name] = ring.popleft().rv
+            self._compacted[res.name] = self._lost[res.name] = ring.popleft().rv
         self._cond.notify_all()
 
     def _prepare(self, res: Resource, ns: str, obj: Any, name: str | None = None) -> dict:
@@ -993,11 +997,13 @@ class _Handler(BaseHTTPRequestHandler):
                         if api._stalled:
                             api._cond.wait(0.1)
                             continue
-                        if pos < api._compacted[res.name]:
+                        if pos < api._lost[res.name]:
                             break                       # fell out of the ring while slow
                         ring = api._history[res.name]
                         if ring and ring[-1].rv > pos:
                             break
+                        # Nothing of ours is newer: this watcher is current, as of now.
+                        pos = max(pos, api._rv)
                         if now >= deadline or (bookmarks and now >= next_bookmark):
                             break
                         until = deadline if not bookmarks else min(deadline, next_bookmark)
@@ -1005,7 +1011,7 @@ class _Handler(BaseHTTPRequestHandler):
                     if stream.dropped or api._stopping:
                         self._cut()
                         return 200
-                    if pos < api._compacted[res.name]:
+                    if pos < api._lost[res.name]:
                         expired_at = pos
                         events = []
                     else:
