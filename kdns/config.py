@@ -58,6 +58,9 @@ class Config:
     ttl: int = 5
     pods: str = "insecure"
     endpoint_pod_names: bool = False
+    # CoreDNS reads only conditions.ready; this opt-in also publishes not-ready endpoints of
+    # Services with publishNotReadyAddresses (hand-written slices), dns-behavior.md §2.2.
+    publish_not_ready: bool = False
     listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 5353),)
     service_cidr: str = "10.96.0.0/12"
     # Identity for the apex NS record (dns-behavior.md §3.8): the Service whose endpoints hold

@@ -15,6 +15,7 @@ import ipaddress
 import json
 import logging
 import os
+import threading
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -207,3 +208,52 @@ def allocate_cluster_ips(cluster: Cluster, cidr: str) -> None:
         svc = cluster.services[key]
         cluster.services[key] = replace(svc, cluster_ip=ip, cluster_ips=(ip,), allocated=True)
         log.info("allocated clusterIP %s to Service %s/%s (no clusterIP in its manifest)", ip, *key)
+
+
+class Watcher:
+    """Reload the manifests when a file changes; a bad reload keeps the last good data.
+
+    Polls (path, mtime, size) of every file: cheap, and needs no inotify in a container.
+    """
+
+    def __init__(self, paths: list, service_cidr: str, sink, interval: float = 2.0):
+        self.paths = paths
+        self.service_cidr = service_cidr
+        self.sink = sink
+        self.interval = interval
+        self._stop = threading.Event()
+        self._seen = self._stamp()
+
+    def _stamp(self) -> tuple:
+        files, _ = files_of(self.paths)
+        out = []
+        for f in files:
+            try:
+                st = f.stat()
+                out.append((str(f), st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append((str(f), None, None))
+        return tuple(out)
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="kdns-manifests", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            stamp = self._stamp()
+            if stamp == self._seen:
+                continue
+            self._seen = stamp
+            try:
+                cluster = load(self.paths, self.service_cidr)
+            except ManifestError as exc:
+                for line in exc.problems:
+                    log.error("%s", line)
+                log.error("reload failed: still serving the last good manifests")
+                continue
+            self.sink.reset(cluster, True)
+            log.info("reloaded manifests: %d services, %d endpoint slices",
+                     len(cluster.services), len(cluster.slices))

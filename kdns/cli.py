@@ -1,0 +1,130 @@
+"""The kdns command line: wiring only, no DNS or Kubernetes logic."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from kdns import __version__
+from kdns.config import Config, ConfigError, normalize_zone, parse_hostport
+from kdns.sources import manifests
+
+log = logging.getLogger("kdns")
+
+
+def _listen(text: str) -> tuple[str, int]:
+    try:
+        return parse_hostport(text, 53)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_source_args(p: argparse.ArgumentParser) -> None:
+    """Where the cluster comes from; shared by `serve` and `env`."""
+    p.add_argument("--manifests", action="append", default=[], metavar="PATH",
+                   help="manifest file or directory (*.yaml, *.yml, *.json, recursive); repeatable; "
+                        "default: the embedded example cluster (zones/)")
+    p.add_argument("--service-cidr", default="10.96.0.0/12", metavar="CIDR",
+                   help="range for Services whose manifest has no clusterIP (default 10.96.0.0/12)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdns", description="Cluster DNS for Kubernetes Service discovery")
+    parser.add_argument("--version", action="version", version=f"kdns {__version__}")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="answer DNS for a cluster over UDP and TCP")
+    add_source_args(s)
+    s.add_argument("--listen", action="append", type=_listen, default=[], metavar="HOST:PORT",
+                   help="UDP and TCP address; repeatable; default 127.0.0.1:5353; [::1]:5353 for IPv6")
+    s.add_argument("--domain", default="cluster.local", help="cluster domain (default cluster.local)")
+    s.add_argument("--ttl", type=int, default=5, help="TTL of cluster records, 0-3600 (default 5)")
+    s.add_argument("--pods", default="insecure", choices=["disabled", "insecure", "verified"],
+                   help="pod records <a-b-c-d>.<ns>.pod.<zone> (default insecure, as kubeadm)")
+    s.add_argument("--endpoint-pod-names", action="store_true",
+                   help="name endpoints without a hostname by their pod name, not their dashed IP")
+    s.add_argument("--publish-not-ready", action="store_true",
+                   help="also publish not-ready endpoints of Services with publishNotReadyAddresses")
+    s.add_argument("--pod-ip", default="", metavar="IP",
+                   help="this server's pod IP: the Service whose endpoints hold it is the apex NS")
+    s.add_argument("--cache-size", type=int, default=10000, metavar="N",
+                   help="packet cache entries (default 10000)")
+    s.add_argument("--reload", type=float, default=2.0, metavar="SECONDS",
+                   help="poll manifests for changes this often; 0 disables (default 2)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
+                        format="kdns: %(message)s")
+    if args.command == "serve":
+        return serve(args)
+    return 2
+
+
+def _config(args) -> Config:
+    listen = tuple(args.listen) or (("127.0.0.1", 5353),)
+    ns_addresses = tuple(h for h, _ in listen if h not in ("0.0.0.0", "::"))
+    return Config(domain=normalize_zone(args.domain), ttl=args.ttl, pods=args.pods,
+                  endpoint_pod_names=args.endpoint_pod_names, publish_not_ready=args.publish_not_ready,
+                  listen=listen, service_cidr=args.service_cidr, pod_ip=args.pod_ip,
+                  ns_addresses=ns_addresses, cache_size=args.cache_size)
+
+
+def _load_manifests(paths, service_cidr):
+    try:
+        return manifests.load(paths, service_cidr)
+    except manifests.ManifestError as exc:
+        for line in exc.problems:
+            print(f"kdns: {line}", file=sys.stderr)
+        print(f"kdns: {len(exc.problems)} problem(s) in the manifests; nothing served", file=sys.stderr)
+        return None
+
+
+def serve(args) -> int:
+    from kdns.server import Server
+    from kdns.snapshot import Store
+
+    try:
+        config = _config(args)
+    except ConfigError as exc:
+        print(f"kdns: {exc}", file=sys.stderr)
+        return 2
+    # Handlers first: a SIGTERM that arrives while starting up still means a clean exit 0.
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    store = Store(config)
+    paths = args.manifests or manifests.default_paths()
+    cluster = _load_manifests(paths, config.service_cidr)
+    if cluster is None:
+        return 2
+    store.reset(cluster, synced=True)
+    server = Server(store.holder, config.listen, config.cache_size)
+    try:
+        bound = server.bind()
+    except OSError as exc:
+        print(f"kdns: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    watcher = None
+    if args.reload > 0:
+        watcher = manifests.Watcher(paths, config.service_cidr, store, args.reload)
+        watcher.start()
+    server.start()
+    log.info("serving %s and the reverse zones: %d services, %d namespaces, from %s",
+             config.domain, len(cluster.services), len(cluster.namespaces),
+             ", ".join(str(p) for p in paths))
+    for host, port in bound:
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        log.info("listening on %s (udp, tcp)", shown)
+    stop.wait()
+    if watcher:
+        watcher.stop()
+    server.close()
+    log.info("stopped")
+    return 0

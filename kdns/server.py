@@ -1,0 +1,222 @@
+"""UDP and TCP transport, and the hot path.
+
+The hot path is a packet cache: the key is the query after its 2-byte ID (flags, question as
+sent, EDNS), the value is the response after its ID, and the generation is the Snapshot itself
+(a new snapshot starts a new cache, so nothing is ever scanned or stale). A hit costs one dict
+lookup and one sendto; dnslib parses and packs only on a miss (design.md, measured table).
+
+Each UDP socket has its own thread running a blocking recvfrom/sendto loop (as fast as uvloop
+here, and it keeps watch JSON and HTTP off the loop's thread). Anything that waits on the network
+(forwarding, ExternalName chases) goes to a worker pool so the loop never blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from cachetools import LRUCache
+
+from kdns import answer as ans
+from kdns import wire
+from kdns.snapshot import Holder, Snapshot
+
+log = logging.getLogger("kdns.server")
+
+TCP_IDLE_TIMEOUT = 10.0        # seconds a TCP client may sit idle between queries (RFC 7766 §6.2.3)
+TCP_MAX_CONNECTIONS = 256      # beyond this, new connections are closed at once
+MAX_TCP_MESSAGE = 65535
+
+
+class Server:
+    def __init__(self, holder: Holder, listen: tuple[tuple[str, int], ...], cache_size: int = 10000,
+                 forwarder=None):
+        self.holder = holder
+        self.listen = listen
+        self.cache_size = max(1, cache_size)
+        self.forwarder = forwarder
+        self._gen: Snapshot | None = None
+        self._cache: LRUCache = LRUCache(self.cache_size)
+        self._udp: list[socket.socket] = []
+        self._tcp: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="kdns-slow")
+        self._tcp_slots = threading.BoundedSemaphore(TCP_MAX_CONNECTIONS)
+        self._stopping = threading.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+    def bind(self) -> list[tuple[str, int]]:
+        """Open every socket (UDP and TCP per listen address); returns the bound addresses."""
+        bound = []
+        for host, port in self.listen:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            tcp = socket.socket(family, socket.SOCK_STREAM)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                tcp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            tcp.bind((host, port))
+            port = tcp.getsockname()[1]          # port 0: UDP takes the same number as TCP
+            udp = socket.socket(family, socket.SOCK_DGRAM)
+            if family == socket.AF_INET6:
+                udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            udp.bind((host, port))
+            tcp.listen(128)
+            self._udp.append(udp)
+            self._tcp.append(tcp)
+            bound.append((host, port))
+        return bound
+
+    def start(self) -> None:
+        for sock in self._udp:
+            self._spawn(self._udp_loop, sock, f"kdns-udp-{sock.getsockname()[1]}")
+        for sock in self._tcp:
+            self._spawn(self._tcp_accept, sock, f"kdns-tcp-{sock.getsockname()[1]}")
+
+    def _spawn(self, target, sock, name) -> None:
+        t = threading.Thread(target=target, args=(sock,), name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def close(self) -> None:
+        self._stopping.set()
+        for sock in self._udp + self._tcp:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ UDP
+    def _cache_for(self, snap: Snapshot) -> LRUCache:
+        if self._gen is not snap:                # a new snapshot is a new generation
+            self._cache = LRUCache(self.cache_size)
+            self._gen = snap
+        return self._cache
+
+    def _udp_loop(self, sock: socket.socket) -> None:
+        recvfrom, sendto, holder = sock.recvfrom, sock.sendto, self.holder
+        gen, cache = None, self._cache
+        while True:
+            try:
+                data, addr = recvfrom(4096)
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                continue
+            snap = holder.current
+            if snap is not gen:
+                gen, cache = snap, self._cache_for(snap)
+            hit = cache.get(data[2:])
+            if hit is not None:
+                try:
+                    sendto(data[:2] + hit, addr)
+                except OSError:
+                    pass
+                continue
+            try:
+                packet = self._respond(data, snap, cache, tcp=False, reply=lambda p, a=addr: sendto(p, a))
+                if packet is not None:
+                    sendto(packet, addr)
+            except Exception:                    # a bad packet must never kill the loop
+                log.exception("internal error answering a UDP query")
+
+    # ------------------------------------------------------------------ the miss path
+    def _respond(self, data: bytes, snap: Snapshot, cache, tcp: bool, reply) -> bytes | None:
+        """Answer one query. Returns the packet, or None when dropped or answered later via
+        ``reply`` (forwarding). Cacheable answers go into ``cache``."""
+        try:
+            query = wire.decode(data)
+        except wire.Drop:
+            return None
+        except wire.Reject as rej:
+            return rej.packet
+        try:
+            resp = ans.answer(snap, query.qname, query.qtype)
+        except Exception:
+            log.exception("internal error answering %s", query.qname)
+            return wire.servfail(query)
+        limit = MAX_TCP_MESSAGE if tcp else wire.udp_limit(query)
+        if self.forwarder is not None and (resp.forward or resp.chase or resp.fallthrough):
+            if tcp:
+                return self._slow(data, query, resp, limit, tcp)
+            self._pool.submit(self._slow_reply, data, query, resp, limit, reply)
+            return None
+        if resp.forward:
+            resp = ans.Response(ans.REFUSED, authoritative=False)   # no upstream configured
+        packet = wire.encode(query, resp, limit)
+        if cache is not None:
+            cache[data[2:]] = packet[2:]
+        return packet
+
+    def _slow_reply(self, data, query, resp, limit, reply) -> None:
+        try:
+            packet = self._slow(data, query, resp, limit, False)
+        except Exception:
+            log.exception("internal error forwarding %s", query.qname)
+            packet = wire.servfail(query)
+        try:
+            reply(packet)
+        except OSError:
+            pass
+
+    def _slow(self, data: bytes, query: wire.Query, resp: ans.Response, limit: int, tcp: bool) -> bytes:
+        """Answers that need an upstream: forwarded names, ExternalName chases, PTR fallthrough."""
+        if resp.forward or resp.fallthrough:
+            return self.forwarder.forward(data, tcp)
+        return self.forwarder.chase(query, resp, limit)
+
+    # ------------------------------------------------------------------ TCP
+    def _tcp_accept(self, sock: socket.socket) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                continue
+            if not self._tcp_slots.acquire(blocking=False):
+                conn.close()
+                continue
+            threading.Thread(target=self._tcp_conn, args=(conn,), daemon=True,
+                             name="kdns-tcp-conn").start()
+
+    def _tcp_conn(self, conn: socket.socket) -> None:
+        """RFC 7766: many queries per connection, each with a 2-byte length prefix."""
+        try:
+            conn.settimeout(TCP_IDLE_TIMEOUT)
+            while not self._stopping.is_set():
+                head = _recv_exact(conn, 2)
+                if head is None:
+                    return
+                (length,) = struct.unpack("!H", head)
+                data = _recv_exact(conn, length)
+                if data is None:
+                    return
+                try:
+                    packet = self._respond(data, self.holder.current, None, tcp=True, reply=None)
+                except Exception:
+                    log.exception("internal error answering a TCP query")
+                    packet = None
+                if packet is None:
+                    continue
+                conn.sendall(struct.pack("!H", len(packet)) + packet)
+        except (OSError, socket.timeout):
+            pass
+        finally:
+            conn.close()
+            self._tcp_slots.release()
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
+    buf = b""
+    while len(buf) < n:
+        chunk = conn.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf

@@ -1,0 +1,412 @@
+"""The cluster compiled into a zone: an immutable Snapshot, rebuilt per Service, swapped atomically.
+
+Readers take ``holder.current`` once per query and never look again, so no query sees half an
+update. One writer (the source's thread) applies events through ``Store`` (the sources' Sink):
+only the Service an event touches is recompiled, then its records are merged into copies of the
+top-level maps, so an endpoint change in a 10,000-service cluster does not rebuild the world.
+
+Existence is data: a name exists iff it has a Node, so NXDOMAIN vs NODATA is a lookup.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Mapping, NamedTuple
+
+from kdns import names
+from kdns.config import Config
+from kdns.objects import Cluster, EndpointSlice, Namespace, Pod, Service
+
+
+
+_GONE = object()
+
+
+class LayeredMap:
+    """A read-only map published as a big shared ``base`` plus a small ``delta`` of changes.
+
+    Publishing a change copies only the delta, so an event in a 100,000-endpoint cluster costs
+    O(changes since the last compaction), not O(cluster); the writer folds the delta into a new
+    base once it grows past ``COMPACT_AT`` (an amortised copy).
+    """
+
+    __slots__ = ("base", "delta")
+    COMPACT_AT = 2048
+
+    def __init__(self, base: dict | None = None, delta: dict | None = None):
+        self.base = base if base is not None else {}
+        self.delta = delta if delta is not None else {}
+
+    def get(self, key, default=None):
+        value = self.delta.get(key, _GONE)
+        if value is _GONE:
+            return self.base.get(key, default)
+        return default if value is None else value
+
+    def __contains__(self, key) -> bool:
+        return self.get(key) is not None
+
+    def __getitem__(self, key):
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.keys())
+
+    def keys(self):
+        for key, value in self.delta.items():
+            if value is not None:
+                yield key
+        for key in self.base:
+            if key not in self.delta:
+                yield key
+
+    def __iter__(self):
+        return self.keys()
+
+    def items(self):
+        for key in self.keys():
+            yield key, self[key]
+
+    def values(self):
+        for key in self.keys():
+            yield self[key]
+
+    def with_changes(self, changes: dict) -> "LayeredMap":
+        """A new map with ``changes`` applied (value None deletes); self is not modified."""
+        delta = {**self.delta, **changes}
+        if len(delta) < self.COMPACT_AT:
+            return LayeredMap(self.base, delta)
+        base = {**self.base, **delta}
+        for key, value in delta.items():
+            if value is None:
+                del base[key]
+        return LayeredMap(base)
+
+
+class SRVSet(NamedTuple):
+    """SRV answers at one name, with their additional A/AAAA, per dns-behavior.md §3.2/§3.3."""
+    records: tuple[tuple[int, int, int, str], ...]   # (priority, weight, port, target relative to zone)
+    additional: tuple[tuple[str, str], ...]          # (owner relative to zone, ip)
+
+
+class Node(NamedTuple):
+    """One existing name. An empty Node is an empty non-terminal (NODATA for every type)."""
+    addrs: tuple[str, ...] = ()    # canonical IPs: A for v4, AAAA for v6
+    srv: SRVSet | None = None
+    cname: str = ""                # ExternalName target, absolute, lower case, no trailing dot
+    # Endpoint names keep only their slice ports: their SRV (rarely asked) is made on demand,
+    # which saves a precomputed SRVSet per endpoint (~0.3 KB x every endpoint of the cluster).
+    ports: tuple[int, ...] = ()
+
+
+ENT = Node()
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRecords:
+    """Every name one Service owns, relative to <svc>.<ns>.svc.<zone>."""
+    node: Node | None                                   # the service name itself; None = NXDOMAIN
+    ports: Mapping[tuple[str, str], Node] = field(default_factory=dict)      # (port name, proto) lower -> SRV node
+    endpoints: Mapping[str, Node] = field(default_factory=dict)              # endpoint name -> node
+    ptrs: tuple[tuple[str, str, bool], ...] = ()        # (ip, target relative to zone, is cluster IP)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    version: int                                        # monotonic; SOA serial; cache generation
+    synced: bool                                        # False until the first full API listing
+    config: Config
+    zones: tuple[str, ...]
+    services: Mapping[tuple[str, str], ServiceRecords]  # a LayeredMap
+    namespaces: frozenset[str]
+    ptr: Mapping[str, tuple[str, ...]]                  # ip -> PTR targets relative to the zone (LayeredMap)
+    pods: frozenset[tuple[str, str]] = frozenset()      # (namespace, ip) of verified pods
+    ns_records: tuple[tuple[str, tuple[str, ...]], ...] = ()   # apex NS: (target rel, glue ips)
+
+
+def _weight(items: int) -> int:
+    """CoreDNS backend_lookup.go SRV(): weight = floor(100 / N), N counted before de-duplication."""
+    return max(1, 100 // items) if items else 0
+
+
+def _srv_set(items: list[tuple[int, str, str]]) -> SRVSet | None:
+    """items: (port, target rel, address) before de-duplication -> deduplicated SRVSet."""
+    items = [i for i in items if i[0] > 0]          # port -1 is the "no ports" sentinel
+    if not items:
+        return None
+    weight = _weight(len(items))
+    records: dict[tuple[str, int], tuple[int, int, int, str]] = {}
+    extra: dict[tuple[str, str], None] = {}
+    for port, target, ip in items:
+        records.setdefault((target, port), (0, weight, port, target))
+        extra[(target, ip)] = None
+    return SRVSet(tuple(records.values()), tuple(extra))
+
+
+def _endpoint_name(ep, ip: str, pod_names: bool) -> str:
+    """dns-behavior.md §2.3: hostname, else (with endpoint_pod_names) the pod name, else dashed IP."""
+    if ep.hostname:
+        return ep.hostname
+    if pod_names and ep.pod_name:
+        return ep.pod_name
+    return names.dashed(ip)
+
+
+def compile_service(svc: Service, slices: list[EndpointSlice], config: Config) -> ServiceRecords:
+    base = f"{svc.name}.{svc.namespace}.svc"
+    if svc.external:
+        try:
+            ipaddress.ip_address(svc.external_name)
+            return ServiceRecords(None)                 # an IP is not a name: no record (§3.5)
+        except ValueError:
+            return ServiceRecords(Node(cname=svc.external_name))
+
+    # Published endpoints: ready (or unknown) addresses of every IP slice, in slice order.
+    published: list[tuple[str, str, EndpointSlice]] = []          # (endpoint name, ip, slice)
+    seen: set[tuple[str, str]] = set()
+    for sl in slices:
+        if sl.address_type == "FQDN":
+            continue                                     # deprecated; CoreDNS ignores them
+        for ep in sl.endpoints:
+            if not (ep.ready or (svc.publish_not_ready and config.publish_not_ready)):
+                continue
+            for ip in ep.addresses:
+                published.append((_endpoint_name(ep, ip, config.endpoint_pod_names), ip, sl))
+
+    ep_addrs: dict[str, dict[str, None]] = defaultdict(dict)
+    ep_ports: dict[str, dict[int, None]] = defaultdict(dict)
+    targets: dict[str, str] = {}                  # endpoint name -> its name relative to the zone
+    for epname, ip, sl in published:
+        ep_addrs[epname][ip] = None
+        if epname not in targets:
+            targets[epname] = f"{epname}.{base}"
+        for port in sl.ports or ():
+            if port.port > 0:
+                ep_ports[epname][port.port] = None
+    shared: dict[tuple[int, ...], tuple[int, ...]] = {}   # one ports tuple for all alike endpoints
+    endpoints = {}
+    for n, a in ep_addrs.items():
+        numbers = tuple(ep_ports[n])
+        endpoints[n] = Node(tuple(a), ports=shared.setdefault(numbers, numbers))
+    ptrs = []
+    for epname, ip, _ in published:
+        if (epname, ip) not in seen:
+            seen.add((epname, ip))
+            ptrs.append((ip, targets[epname], False))
+
+    ports: dict[tuple[str, str], list[tuple[int, str, str]]] = defaultdict(list)
+    bare: list[tuple[int, str, str]] = []
+    if svc.headless:
+        if not published:
+            return ServiceRecords(None)                  # no ready address: NXDOMAIN (SPEC §2.4.1)
+        addrs = tuple(dict.fromkeys(ip for _, ip, _ in published))
+        for epname, ip, sl in published:
+            target = targets[epname]
+            for port in sl.ports or ():
+                item = (port.port, target, ip)
+                bare.append(item)
+                if port.name:
+                    ports[(port.name, port.protocol.lower())].append(item)
+    else:
+        addrs = svc.addresses
+        for port in svc.ports:
+            for ip in addrs:
+                item = (port.port, base, ip)
+                bare.append(item)
+                if port.name:
+                    ports[(port.name, port.protocol.lower())].append(item)
+        ptrs = [(ip, base, True) for ip in addrs] + ptrs
+    port_nodes = {k: Node(srv=s) for k, s in ((k, _srv_set(v)) for k, v in ports.items()) if s}
+    return ServiceRecords(Node(addrs, _srv_set(bare)), port_nodes, endpoints, tuple(ptrs))
+
+
+def endpoint_srv(node: Node, target: str) -> SRVSet | None:
+    """SRV at an endpoint name: its slice ports x its addresses, target the endpoint itself."""
+    return _srv_set([(port, target, ip) for ip in node.addrs for port in node.ports])
+
+
+class Store:
+    """The writer side: objects in, Snapshots out. Implements the sources' Sink protocol.
+
+    One writer at a time (a lock serialises sources); readers only ever use ``holder.current``.
+    Each event recompiles the one Service it touches and publishes only the changed entries
+    (LayeredMap deltas), so its cost does not grow with the cluster.
+    """
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.cluster = Cluster()
+        self._lock = threading.Lock()
+        self._slices_by_service: dict[tuple[str, str], dict[str, EndpointSlice]] = {}
+        self._records: dict[tuple[str, str], ServiceRecords] = {}
+        self._ptr_owners: dict[str, tuple[tuple[str, str], ...]] = {}   # ip -> Services with a PTR for it
+        self._ptr: dict[str, tuple[str, ...]] = {}
+        self._changed_records: dict = {}
+        self._changed_ptr: dict = {}
+        self._pub_records = LayeredMap()
+        self._pub_ptr = LayeredMap()
+        self._synced = False
+        self._pods: frozenset | None = None     # cached verified-pod index, None = stale
+        self._ns: tuple | None = None           # cached apex NS records, None = stale
+        self._own_ip = ipaddress.ip_address(config.pod_ip).compressed if config.pod_ip else ""
+        self.holder = Holder(self._snapshot())
+
+    # ---- Sink
+    def reset(self, cluster: Cluster, synced: bool = True) -> None:
+        with self._lock:
+            self.cluster = Cluster(dict(cluster.services), dict(cluster.slices),
+                                   dict(cluster.namespaces), dict(cluster.pods))
+            self._slices_by_service = {}
+            for sl in self.cluster.slices.values():
+                self._slices_by_service.setdefault((sl.namespace, sl.service_name), {})[sl.name] = sl
+            self._records, self._ptr_owners, self._ptr = {}, {}, {}
+            for key in self.cluster.services:
+                self._recompile(key)
+            self._pub_records, self._pub_ptr = LayeredMap(dict(self._records)), LayeredMap(dict(self._ptr))
+            self._changed_records, self._changed_ptr = {}, {}
+            self._synced = synced
+            self._pods = self._ns = None
+            self._publish()
+
+    def apply(self, op: str, obj) -> None:
+        with self._lock:
+            self._apply(op, obj)
+            self._publish()
+
+    def apply_many(self, events) -> None:
+        """Several events, one published snapshot (a burst of watch events)."""
+        with self._lock:
+            for op, obj in events:
+                self._apply(op, obj)
+            self._publish()
+
+    def set_synced(self, synced: bool) -> None:
+        with self._lock:
+            self._synced = synced
+            self._publish()
+
+    # ---- internals
+    def _apply(self, op: str, obj) -> None:
+        deleting = op == "DELETED"
+        c = self.cluster
+        if isinstance(obj, Service):
+            if deleting:
+                c.services.pop(obj.key, None)
+            else:
+                c.services[obj.key] = obj
+            self._recompile(obj.key)
+        elif isinstance(obj, EndpointSlice):
+            old = c.slices.pop(obj.key, None)
+            if old is not None:
+                owner = (old.namespace, old.service_name)
+                self._slices_by_service.get(owner, {}).pop(old.name, None)
+                if owner != (obj.namespace, obj.service_name) or deleting:
+                    self._recompile(owner)
+            if not deleting:
+                c.slices[obj.key] = obj
+                self._slices_by_service.setdefault((obj.namespace, obj.service_name), {})[obj.name] = obj
+                self._recompile((obj.namespace, obj.service_name))
+        elif isinstance(obj, Namespace):
+            if deleting:
+                c.namespaces.pop(obj.name, None)
+            else:
+                c.namespaces[obj.name] = obj
+        elif isinstance(obj, Pod):
+            if deleting:
+                c.pods.pop(obj.key, None)
+            else:
+                c.pods[obj.key] = obj
+            self._pods = None
+        else:
+            raise TypeError(f"unknown object {obj!r}")
+
+    def _recompile(self, key: tuple[str, str]) -> None:
+        old = self._records.pop(key, None)
+        svc = self.cluster.services.get(key)
+        new = None
+        if svc is not None:
+            slices = sorted(self._slices_by_service.get(key, {}).values(), key=lambda s: s.name)
+            new = compile_service(svc, slices, self.config)
+            self._records[key] = new
+        self._changed_records[key] = new
+        old_ips = {ip for ip, _, _ in old.ptrs} if old else set()
+        new_ips = {ip for ip, _, _ in new.ptrs} if new else set()
+        for ip in old_ips | new_ips:
+            owners = tuple(k for k in self._ptr_owners.get(ip, ()) if k != key)
+            if ip in new_ips:
+                owners = tuple(sorted(owners + (key,)))
+            if owners:
+                self._ptr_owners[ip] = owners
+            else:
+                self._ptr_owners.pop(ip, None)
+            self._rebuild_ptr(ip, owners)
+        if self._own_ip and self._own_ip in old_ips | new_ips:
+            self._ns = None                 # the apex NS target follows the Service holding our IP
+
+    def _rebuild_ptr(self, ip: str, owners: tuple) -> None:
+        """§3.6: a cluster IP gives one PTR (first Service); else one PTR per endpoint Service."""
+        cluster_ip, endpoint = [], []
+        for key in owners:
+            for pip, target, is_cluster in self._records[key].ptrs:
+                if pip == ip:
+                    (cluster_ip if is_cluster else endpoint).append(target)
+        targets = tuple(cluster_ip[:1] or dict.fromkeys(endpoint))
+        if targets:
+            self._ptr[ip] = targets
+        else:
+            self._ptr.pop(ip, None)
+        self._changed_ptr[ip] = targets or None
+
+    def _ns_records(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        if self._own_ip:
+            for key in sorted(self._records):
+                rec = self._records[key]
+                for name, node in sorted(rec.endpoints.items()):
+                    if self._own_ip in node.addrs:
+                        svc = self.cluster.services[key]
+                        base = f"{svc.name}.{svc.namespace}.svc"
+                        if svc.headless:
+                            return ((f"{name}.{base}", node.addrs),)
+                        return ((base, svc.addresses),)
+        return (("ns.dns", self.config.ns_addresses),)
+
+    def _publish(self) -> None:
+        if self._changed_records:
+            self._pub_records = self._pub_records.with_changes(self._changed_records)
+            self._changed_records = {}
+        if self._changed_ptr:
+            self._pub_ptr = self._pub_ptr.with_changes(self._changed_ptr)
+            self._changed_ptr = {}
+        self.holder.current = self._snapshot()
+
+    def _snapshot(self) -> Snapshot:
+        prev = getattr(self, "holder", None)
+        version = max(int(time.time()), prev.current.version + 1 if prev else 0)
+        if self._pods is None:
+            self._pods = frozenset((p.namespace, p.ip) for p in self.cluster.pods.values() if p.active) \
+                if self.config.pods == "verified" else frozenset()
+        if self._ns is None:
+            self._ns = self._ns_records()
+        return Snapshot(version, self._synced, self.config, self.config.zones, self._pub_records,
+                        frozenset(self.cluster.namespaces), self._pub_ptr, self._pods, self._ns)
+
+
+class Holder:
+    """The one place a Snapshot is published; assignment is atomic under the GIL."""
+
+    def __init__(self, snapshot: Snapshot):
+        self.current = snapshot
+
+
+def build(cluster: Cluster, config: Config, synced: bool = True) -> Snapshot:
+    store = Store(config)
+    store.reset(cluster, synced)
+    return store.holder.current
+

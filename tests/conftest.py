@@ -1,0 +1,97 @@
+"""Shared fixtures: a real kdns process on loopback, and a dnspython client for it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dns.message
+import dns.query
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+
+
+class Kdns:
+    """A `kdns serve` subprocess; ``port`` is the UDP/TCP port it bound."""
+
+    def __init__(self, *args: str, env: dict | None = None, wait: bool = True):
+        cmd = [sys.executable, "-m", "kdns", "serve", "--listen", "127.0.0.1:0", *args]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env={**os.environ, **(env or {})})
+        self.lines: list[str] = []
+        self.port = 0
+        # A reader thread keeps the pipe drained, so kdns never blocks on logging and tests can
+        # look at what it said so far (``log()``).
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if wait:
+            self.port = self._wait_port()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def _wait_port(self) -> int:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", self.log())
+            if m:
+                return int(m.group(1))
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                raise RuntimeError("kdns exited early:\n" + self.log())
+            time.sleep(0.02)
+        raise RuntimeError("kdns did not start:\n" + self.log())
+
+    def query(self, name: str, rdtype: str = "A", *, tcp: bool = False, edns: int | None = 0,
+              payload: int = 1232, rdclass: str = "IN", want_dnssec: bool = False,
+              timeout: float = 3.0) -> dns.message.Message:
+        q = dns.message.make_query(name, rdtype, rdclass, use_edns=edns, payload=payload,
+                                   want_dnssec=want_dnssec)
+        return self.send(q, tcp=tcp, timeout=timeout)
+
+    def send(self, q: dns.message.Message, *, tcp: bool = False, timeout: float = 3.0) -> dns.message.Message:
+        if tcp:
+            return dns.query.tcp(q, "127.0.0.1", port=self.port, timeout=timeout)
+        return dns.query.udp(q, "127.0.0.1", port=self.port, timeout=timeout, ignore_trailing=True)
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(5)
+        return self.log()
+
+
+@pytest.fixture(scope="session")
+def vectors_server():
+    """kdns serving the vector cluster with the vectors' assumed config (cases.yaml header)."""
+    servers: dict[tuple, Kdns] = {}
+
+    def get(**config) -> Kdns:
+        key = tuple(sorted(config.items()))
+        if key not in servers:
+            args = ["--manifests", str(DATA / "cluster.yaml"), "--pod-ip", "10.244.0.10",
+                    "--ttl", "5", "--pods", config.get("pods", "insecure")]
+            if config.get("endpoint_pod_names"):
+                args.append("--endpoint-pod-names")
+            servers[key] = Kdns(*args)
+        return servers[key]
+
+    yield get
+    for s in servers.values():
+        s.stop()
