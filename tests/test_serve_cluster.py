@@ -1,0 +1,164 @@
+"""`kdns serve --kubeconfig` end to end: the fake API server on one side, dnspython on the other.
+
+Every check is a DNS answer from a real kdns process; the API side is driven through the fake's
+test controls (changes, faults, stalls). Waits are bounded polls; none is a speed claim.
+"""
+
+from __future__ import annotations
+
+import time
+
+import dns.rcode
+import pytest
+
+from conftest import Kdns
+from fakeapi import FakeAPI, endpointslice, service
+
+WAIT = 20.0
+
+
+def answers(server: Kdns, name: str, rdtype: str = "A") -> tuple[str, list[str]]:
+    resp = server.query(name, rdtype)
+    rrs = sorted(rd.to_text() for rrset in resp.answer for rd in rrset)
+    return dns.rcode.to_text(resp.rcode()), rrs
+
+
+def eventually(server: Kdns, name: str, want: tuple[str, list[str]], rdtype: str = "A") -> None:
+    deadline = time.monotonic() + WAIT
+    got = answers(server, name, rdtype)
+    while got != want and time.monotonic() < deadline:
+        time.sleep(0.05)
+        got = answers(server, name, rdtype)
+    assert got == want, f"{name} {rdtype}: got {got}, want {want}\n{server.log()}"
+
+
+WEB = "web.prod.svc.cluster.local."
+DB = "db.prod.svc.cluster.local."
+HEADLESS = "pg.prod.svc.cluster.local."
+
+
+def seed(api: FakeAPI) -> None:
+    api.create(service("prod", "web", "10.96.0.20"))
+    api.create(service("prod", "db", "10.96.0.30"))
+    api.create(service("prod", "pg", "None", ports=[{"name": "pg", "port": 5432, "protocol": "TCP"}]))
+    api.create(endpointslice("prod", "pg-a", "pg", ["10.244.1.5"]))
+    api.create(endpointslice("prod", "pg-b", "pg", ["10.244.2.5"]))
+
+
+@pytest.fixture
+def api():
+    with FakeAPI(bookmark_interval=0.2) as fake:
+        seed(fake)
+        yield fake
+
+
+@pytest.fixture
+def kdns(api, tmp_path):
+    servers: list[Kdns] = []
+
+    def start(*extra: str) -> Kdns:
+        s = Kdns("--kubeconfig", api.kubeconfig(tmp_path / "kubeconfig"), "--api-timeout", "1", *extra)
+        servers.append(s)
+        return s
+    yield start
+    for s in servers:
+        log = s.stop()
+        assert s.proc.returncode == 0, log
+        assert "Traceback" not in log, log
+
+
+def synced(api: FakeAPI, server: Kdns) -> Kdns:
+    eventually(server, WEB, ("NOERROR", ["10.96.0.20"]))
+    for r in ("services", "endpointslices", "namespaces"):
+        assert api.wait_for(lambda: api.watchers(r) == 1, WAIT), r
+    return server
+
+
+def test_servfail_until_the_first_sync(api, kdns):
+    api.stall()                                   # the first list hangs
+    server = kdns()
+    assert answers(server, WEB) == ("SERVFAIL", [])
+    assert answers(server, "nosuch.prod.svc.cluster.local.") == ("SERVFAIL", [])   # never NXDOMAIN
+    api.unstall()
+    eventually(server, WEB, ("NOERROR", ["10.96.0.20"]))
+    assert answers(server, "nosuch.prod.svc.cluster.local.")[0] == "NXDOMAIN"
+
+
+def test_creates_updates_and_deletes_show_up(api, kdns):
+    server = synced(api, kdns())
+    eventually(server, HEADLESS, ("NOERROR", ["10.244.1.5", "10.244.2.5"]))   # both slices merged
+    api.create(service("prod", "api", "10.96.0.40"))
+    eventually(server, "api.prod.svc.cluster.local.", ("NOERROR", ["10.96.0.40"]))
+    api.replace(service("prod", "api", "10.96.0.40", ports=[{"name": "grpc", "port": 9090, "protocol": "TCP"}]))
+    eventually(server, "_grpc._tcp.api.prod.svc.cluster.local.",
+               ("NOERROR", ["0 100 9090 api.prod.svc.cluster.local."]), "SRV")
+    api.delete("Service", "prod", "db")
+    eventually(server, DB, ("NXDOMAIN", []))
+    api.replace(endpointslice("prod", "pg-b", "pg", ["10.244.2.6", "10.244.2.7"]))
+    eventually(server, HEADLESS, ("NOERROR", ["10.244.1.5", "10.244.2.6", "10.244.2.7"]))
+    api.delete("EndpointSlice", "prod", "pg-a")
+    eventually(server, HEADLESS, ("NOERROR", ["10.244.2.6", "10.244.2.7"]))
+    api.create(endpointslice("prod", "pg-c", "pg", ["10.244.3.5"], ready=False))
+    eventually(server, HEADLESS, ("NOERROR", ["10.244.2.6", "10.244.2.7"]))   # not ready: not served
+    api.replace(endpointslice("prod", "pg-c", "pg", ["10.244.3.5"], ready=True))
+    eventually(server, HEADLESS, ("NOERROR", ["10.244.2.6", "10.244.2.7", "10.244.3.5"]))
+
+
+def test_relist_after_410(api, kdns):
+    server = synced(api, kdns())
+    api.fail("watch", "services", code=500, count=None)
+    api.drop_streams("services")
+    n = len(api.requests_for("services", watch=True))
+    assert api.wait_for(lambda: len(api.requests_for("services", watch=True)) > n, WAIT)
+    api.delete("Service", "prod", "db")           # while kdns cannot watch...
+    api.create(service("prod", "fresh", "10.96.0.50"))
+    api.compact()                                 # ...and then the history is gone
+    api.clear_faults()
+    eventually(server, DB, ("NXDOMAIN", []))
+    eventually(server, "fresh.prod.svc.cluster.local.", ("NOERROR", ["10.96.0.50"]))
+    assert "services: relisted at resourceVersion" in server.log()
+
+
+def test_reconnect_after_dropped_streams_and_500s(api, kdns):
+    server = synced(api, kdns())
+    api.drop_streams()
+    api.create(service("prod", "after-drop", "10.96.0.60"))
+    eventually(server, "after-drop.prod.svc.cluster.local.", ("NOERROR", ["10.96.0.60"]))
+    api.fail("watch", None, code=500, count=3)
+    api.drop_streams()
+    api.replace(endpointslice("prod", "pg-a", "pg", ["10.244.1.9"]))
+    api.delete("Service", "prod", "web")
+    eventually(server, HEADLESS, ("NOERROR", ["10.244.1.9", "10.244.2.5"]))
+    eventually(server, WEB, ("NXDOMAIN", []))
+    assert "HTTP 500" in server.log() and "relisted" not in server.log()
+
+
+def test_no_change_during_a_stall_then_convergence(api, kdns):
+    server = synced(api, kdns())
+    with api.stalled():
+        api.delete("Service", "prod", "web")
+        api.create(service("prod", "late", "10.96.0.70"))
+        n = len(api.requests_for("services", watch=True))
+        # kdns gives up on the silent stream (read timeout 1 s) and retries into the silence...
+        assert api.wait_for(lambda: len(api.requests_for("services", watch=True)) >= n + 2, WAIT)
+        # ...while it keeps answering from the last good data.
+        assert answers(server, WEB) == ("NOERROR", ["10.96.0.20"])
+        assert answers(server, "late.prod.svc.cluster.local.") == ("NXDOMAIN", [])
+        assert answers(server, HEADLESS) == ("NOERROR", ["10.244.1.5", "10.244.2.5"])
+    eventually(server, WEB, ("NXDOMAIN", []))
+    eventually(server, "late.prod.svc.cluster.local.", ("NOERROR", ["10.96.0.70"]))
+
+
+def test_bad_kubeconfig_is_a_clear_error(tmp_path):
+    server = Kdns("--kubeconfig", str(tmp_path / "missing"), wait=False)
+    server.proc.wait(30)
+    out = server.stop()
+    assert server.proc.returncode == 2
+    assert out.strip() == f"kdns: kubeconfig {tmp_path / 'missing'}: no such file"
+
+
+def test_manifests_and_kubeconfig_are_exclusive(api, tmp_path):
+    server = Kdns("--kubeconfig", api.kubeconfig(tmp_path / "kc"), "--manifests", str(tmp_path), wait=False)
+    server.proc.wait(30)
+    out = server.stop()
+    assert server.proc.returncode == 2 and "are two different sources; use one" in out
