@@ -734,6 +734,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(data)
             return 200
+        if method == "GET" and path == "/openapi/v2":
+            self._openapi_v2()
+            return 200
         if method == "GET":
             doc = self._discovery(path) or self._openapi(path)
             if doc is not None:
@@ -850,6 +853,28 @@ class _Handler(BaseHTTPRequestHandler):
             paths[item] = {"patch": op, "put": op}
         return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": paths,
                 "components": {"schemas": {}}}
+
+    def _openapi_v2(self) -> None:
+        """An OpenAPI v2 document without definitions, for kubectl before 1.27 (Debian's 1.20).
+
+        Those validate client-side from /openapi/v2, fetched as protobuf (gnostic's Document),
+        and skip kinds the document does not define. The protobuf is field 1 (swagger), field 2
+        (info: title, version), written out by hand to avoid a protobuf dependency.
+        """
+        def field(number: int, payload: bytes) -> bytes:
+            return bytes([number << 3 | 2, len(payload)]) + payload
+        if "protobuf" in (self.headers.get("Accept") or ""):
+            data = field(1, b"2.0") + field(2, field(1, b"Kubernetes") + field(2, b"v1.32.0"))
+            ctype = "application/octet-stream"            # what kube-apiserver sends
+        else:
+            data = json.dumps({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.32.0"},
+                               "paths": {}, "definitions": {}}).encode()
+            ctype = "application/json"
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     # ---------------------------------------------------------------- list
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import queue
 import shutil
 import subprocess
@@ -21,7 +22,8 @@ import pytest
 import fakeapi
 from fakeapi import FakeAPI, endpointslice, service
 
-KUBECTL = shutil.which("kubectl")
+# $KUBECTL picks another client-go (e.g. Debian's kubernetes-client 1.20) to check against.
+KUBECTL = os.environ.get("KUBECTL") or shutil.which("kubectl")
 
 
 @pytest.fixture
