@@ -35,7 +35,11 @@ import ipaddress
 import itertools
 import json
 import re
+import os
 import socket
+import ssl
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -220,11 +224,14 @@ class FakeAPI:
 
     def __init__(self, *, history: int = 1000, bookmark_interval: float = 1.0,
                  default_watch_timeout: float = 1800.0, token: str | None = None,
-                 service_cidr: str = "10.96.0.0/12", start_rv: int = 1000):
+                 service_cidr: str = "10.96.0.0/12", start_rv: int = 1000, tls: bool = False):
         self.history_size = history
         self.bookmark_interval = bookmark_interval
         self.default_watch_timeout = default_watch_timeout
         self.token = token
+        self.tls = tls                   # https with a throwaway CA (``ca_file``), as in a pod
+        self.ca_file: str | None = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
         self.split_chunks = False        # write each event line as two chunks
         self.requests: list[Request] = []
         self._cond = threading.Condition()
@@ -259,6 +266,17 @@ class FakeAPI:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
+        if self.tls:
+            self._tmp = tempfile.TemporaryDirectory(prefix="fakeapi-tls-")
+            cert, key = os.path.join(self._tmp.name, "ca.crt"), os.path.join(self._tmp.name, "ca.key")
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                            "-keyout", key, "-out", cert, "-subj", "/CN=kubernetes",
+                            "-addext", "subjectAltName=IP:127.0.0.1,DNS:kubernetes.default.svc"],
+                           check=True, capture_output=True, timeout=60)
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(cert, key)
+            self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True)
+            self.ca_file = cert
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="fakeapi",
                                         kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
@@ -275,6 +293,8 @@ class FakeAPI:
         for conn in list(self._connections):
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
+        if self._tmp:
+            self._tmp.cleanup()
 
     def __enter__(self) -> "FakeAPI":
         return self.start()
@@ -289,14 +309,15 @@ class FakeAPI:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def kubeconfig(self, path, *, context: str = "fake", namespace: str = "default") -> str:
         """Write a kubeconfig pointing at this server (plus a second, broken context) to path."""
         user = {"token": self.token} if self.token else {}
         doc = {
             "apiVersion": "v1", "kind": "Config", "current-context": context,
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}},
+            "clusters": [{"name": "fake", "cluster": {"server": self.url, **(
+                             {"certificate-authority": self.ca_file} if self.ca_file else {})}},
                          {"name": "nowhere", "cluster": {"server": "http://127.0.0.1:9"}}],
             "users": [{"name": "fake", "user": user}],
             "contexts": [{"name": context, "context": {"cluster": "fake", "user": "fake",
@@ -715,8 +736,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             body = self._body()           # DELETE carries DeleteOptions; always drain the body
-            if api.token and self.headers.get("Authorization") != f"Bearer {api.token}":
-                raise HTTPError(401, "Unauthorized", "Unauthorized")
+            if api.token:
+                scheme, _, credential = (self.headers.get("Authorization") or "").partition(" ")
+                if scheme.lower() != "bearer" or credential.strip() != api.token:
+                    raise HTTPError(401, "Unauthorized", "Unauthorized")
             self._route(method, url.path, q, body, req)
         except HTTPError as exc:
             self._send_json(exc.code, exc.status(), exc.headers)

@@ -538,3 +538,38 @@ def test_objects_from_the_api_match_the_manifest_parsers(api, run):
     sink = RecordingSink()
     run(sink)
     assert sink.view.services[("prod", "web")] == objects.service_from_dict(doc)
+
+
+def test_in_cluster_service_account_over_tls(tmp_path, monkeypatch):
+    """--in-cluster: https to KUBERNETES_SERVICE_HOST:PORT, the mounted CA, the bearer token."""
+    with FakeAPI(token="sa-token", tls=True) as api:
+        seed(api)
+        sa = tmp_path / "serviceaccount"
+        sa.mkdir()
+        (sa / "token").write_text("sa-token")
+        (sa / "ca.crt").write_text(open(api.ca_file).read())
+        monkeypatch.setattr(cluster, "SERVICE_ACCOUNT_DIR", str(sa))
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(api.port))
+        got = cluster.list_cluster(in_cluster=True)
+        assert sorted(got.services) == [("dev", "web"), ("prod", "db"), ("prod", "web")]
+        sink = RecordingSink()
+        src = ClusterSource(sink, in_cluster=True, timeouts=FAST)
+        assert src.host == f"https://127.0.0.1:{api.port}"
+        src.start()
+        try:
+            assert sink.wait(lambda s: s.synced)
+            api.create(service("prod", "tls", "10.96.0.90"))
+            assert sink.wait(lambda s: "prod/tls" in s.ips())
+        finally:
+            src.stop()
+        (sa / "ca.crt").write_text("")
+        with pytest.raises(ClusterError, match=r"--in-cluster: Cert file exists but empty"):
+            cluster.list_cluster(in_cluster=True)
+        other = FakeAPI(tls=True).start()                 # a CA that did not sign the server
+        try:
+            (sa / "ca.crt").write_text(open(other.ca_file).read())
+            with pytest.raises(ClusterError, match=r"listing services at https://127.0.0.1:\d+: .*CERTIFICATE_VERIFY_FAILED"):
+                cluster.list_cluster(in_cluster=True)
+        finally:
+            other.stop()

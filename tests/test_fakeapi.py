@@ -365,3 +365,20 @@ def test_requests_are_recorded_with_their_query(api):
     assert (req.method, req.path, req.query, req.status) == \
         ("GET", "/api/v1/services", {"limit": "500", "resourceVersion": "0"}, 200)
     assert time.monotonic() >= req.time
+
+
+def test_kubectl_over_tls_needs_the_token(tmp_path):
+    assert KUBECTL
+    with FakeAPI(token="s3cret", tls=True) as fake:
+        fake.create(service("prod", "web", "10.96.0.20"))
+        good = fake.kubeconfig(tmp_path / "good")
+        ok = subprocess.run([KUBECTL, "--kubeconfig", good, "get", "svc", "-A", "-o", "name"],
+                            capture_output=True, text=True, timeout=60)
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout.split() == ["service/web"]
+        fake.token, real = "wrong", fake.token
+        wrong = fake.kubeconfig(tmp_path / "wrong")
+        fake.token = real
+        denied = subprocess.run([KUBECTL, "--kubeconfig", wrong, "get", "svc", "-A"], stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=60)
+        assert denied.returncode != 0 and "Unauthorized" in denied.stderr

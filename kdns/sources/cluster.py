@@ -47,6 +47,8 @@ from kdns.sources import Object, Sink
 log = logging.getLogger("kdns.cluster")
 
 DEFAULT_KUBECONFIG = "~/.kube/config"
+# Where the kubelet mounts a pod's service account token and the cluster CA.
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 class ClusterError(Exception):
@@ -170,7 +172,10 @@ def load_configuration(kubeconfig: str | None = None, context: str | None = None
     cfg = client.Configuration()
     if in_cluster:
         try:
-            kube_config.load_incluster_config(client_configuration=cfg)
+            kube_config.incluster_config.InClusterConfigLoader(
+                token_filename=os.path.join(SERVICE_ACCOUNT_DIR, "token"),
+                cert_filename=os.path.join(SERVICE_ACCOUNT_DIR, "ca.crt"),
+            ).load_and_set(cfg)           # re-reads the (rotated, bound) token every minute
         except ConfigException as exc:
             raise ClusterError(f"--in-cluster: {exc} (is kdns running in a pod with a service account?)") from None
     else:
@@ -196,6 +201,8 @@ def load_configuration(kubeconfig: str | None = None, context: str | None = None
 
 
 def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, ApiException) and not exc.status:
+        return " ".join(str(exc.reason).split())     # no HTTP response: TLS and the like
     if isinstance(exc, ApiException):
         message = ""
         try:
