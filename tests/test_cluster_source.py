@@ -573,3 +573,29 @@ def test_in_cluster_service_account_over_tls(tmp_path, monkeypatch):
                 cluster.list_cluster(in_cluster=True)
         finally:
             other.stop()
+
+
+class FlakySink(RecordingSink):
+    """A serving side with a bug: it raises on one object, once."""
+
+    def __init__(self, poison: str) -> None:
+        super().__init__()
+        self.poison = poison
+
+    def apply(self, op: str, obj) -> None:
+        if obj.name == self.poison:
+            self.poison = ""
+            raise RuntimeError("boom")
+        super().apply(op, obj)
+
+
+def test_a_failing_sink_is_logged_and_healed_by_a_relist(api, run, caplog):
+    seed(api)
+    caplog.set_level(logging.WARNING, logger="kdns.cluster")
+    sink = FlakySink("poison")
+    run(sink)
+    api.create(service("prod", "poison", "10.96.0.91"))
+    assert sink.wait(lambda s: s.resets() == 2 and "prod/poison" in s.ips())
+    assert "the serving side failed to take ADDED Service poison; relisting to recover" in caplog.text
+    api.create(service("prod", "after", "10.96.0.92"))
+    assert sink.wait(lambda s: "prod/after" in s.ips())

@@ -240,6 +240,10 @@ class StreamError(Exception):
     """A non-410 ERROR event inside a watch stream."""
 
 
+class SinkError(Exception):
+    """The sink raised: its state is unknown, so the kind is relisted and reset."""
+
+
 RETRYABLE = (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError, StreamError)
 
 
@@ -386,7 +390,7 @@ class ClusterSource:
             if len(self._listed) == len(self.kinds):
                 first = not self.synced
                 self.synced = True
-                self.sink.reset(self.store.snapshot(), True)
+                self._tell(self.sink.reset, self.store.snapshot(), True)
                 if first:
                     log.info("synced with %s: %d services, %d endpointslices, %d namespaces%s",
                              self.host, len(self.store.cluster.services), len(self.store.cluster.slices),
@@ -398,7 +402,16 @@ class ClusterSource:
             change = self.store.apply(kind, op, raw)
             # Before the first full sync the store collects; the first reset carries it all.
             if change is not None and self.synced:
-                self.sink.apply(*change)
+                self._tell(self.sink.apply, *change)
+
+    def _tell(self, call: Callable[..., None], *args: Any) -> None:
+        try:
+            call(*args)
+        except Exception as exc:   # noqa: BLE001 - a serving-side bug must not kill the watch
+            what = f"{args[0]} {type(args[1]).__name__} {getattr(args[1], 'name', '')}" \
+                if len(args) == 2 and isinstance(args[0], str) else "a full reset"
+            log.exception("the serving side failed to take %s; relisting to recover", what)
+            raise SinkError(str(exc)) from exc
 
 
 class _Reflector:
@@ -460,6 +473,13 @@ class _Reflector:
                 log.warning("%s %s at %s: %s; retrying in %.1fs", what, name, self.source.host,
                             describe_error(exc) + _advice(exc, self.kind), delay)
                 stop.wait(delay)
+            except SinkError:
+                self.rv = None
+                stop.wait(self.backoff.next())
+            except Exception:        # noqa: BLE001 - a bug: say so, start over, keep the thread
+                log.exception("%s: unexpected error; relisting", name)
+                self.rv = None
+                stop.wait(self.backoff.next())
             finally:
                 self._resp = None
 
