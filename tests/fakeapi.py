@@ -234,6 +234,7 @@ class FakeAPI:
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.split_chunks = False        # write each event line as two chunks
         self.requests: list[Request] = []
+        self.bookmarks: list[tuple[str, int]] = []    # (resource, resourceVersion) as sent
         self._cond = threading.Condition()
         self._rv = start_rv
         self._objects: dict[str, dict[tuple[str, str], dict]] = {r: {} for r in RESOURCES}
@@ -1087,6 +1088,8 @@ class _Handler(BaseHTTPRequestHandler):
                         pos = max(pos, now_rv)
                         self._event("BOOKMARK", {"kind": res.kind, "apiVersion": res.api_version,
                                                  "metadata": {"resourceVersion": str(pos)}}, None, first, full)
+                        with api._cond:
+                            api.bookmarks.append((res.name, pos))
                         next_bookmark = now + api.bookmark_interval
                     if now >= deadline:
                         self._chunk(b"")                # timeoutSeconds: a clean end of stream

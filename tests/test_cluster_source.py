@@ -452,7 +452,8 @@ def test_bookmarks_advance_the_resume_version(api, run):
     first = int(watches(api, "services")[0].query["resourceVersion"])
     api.create(namespace("elsewhere"))               # moves the global version, not services
     rv_after = api.resource_version
-    time.sleep(0.5)                                  # a few 0.2 s bookmark periods
+    # Two bookmarks at or past that version have gone out on the services stream.
+    assert api.wait_for(lambda: sum(1 for r, v in list(api.bookmarks) if r == "services" and v >= rv_after) >= 2)
     api.drop_streams("services")
     assert api.wait_for(lambda: len(watches(api, "services")) >= 2)
     resumed = int(watches(api, "services")[1].query["resourceVersion"])
