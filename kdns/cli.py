@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 
-from kdns import __version__
+from kdns import __version__, envcli
 from kdns.config import Config, ConfigError, normalize_zone, parse_hostport
 from kdns.sources import manifests
 
@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="packet cache entries (default 10000)")
     s.add_argument("--reload", type=float, default=2.0, metavar="SECONDS",
                    help="poll manifests for changes this often; 0 disables (default 2)")
+    envcli.add_parser(sub)
     return parser
 
 
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="kdns: %(message)s")
     if args.command == "serve":
         return serve(args)
+    if args.command == "env":
+        return envcli.run(args)
     return 2
 
 
