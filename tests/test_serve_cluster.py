@@ -6,12 +6,14 @@ test controls (changes, faults, stalls). Waits are bounded polls; none is a spee
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import dns.rcode
 import pytest
 
-from conftest import Kdns
+from conftest import ROOT, Kdns
 from fakeapi import FakeAPI, endpointslice, service
 
 WAIT = 20.0
@@ -162,3 +164,22 @@ def test_manifests_and_kubeconfig_are_exclusive(api, tmp_path):
     server.proc.wait(30)
     out = server.stop()
     assert server.proc.returncode == 2 and "are two different sources; use one" in out
+
+
+def test_kdns_env_reads_the_same_source(api, tmp_path):
+    api.create(service("default", "kubernetes", "10.96.0.1",
+                       ports=[{"name": "https", "port": 443, "protocol": "TCP"}]))
+    kc = api.kubeconfig(tmp_path / "kubeconfig")
+    out = subprocess.run([sys.executable, "-m", "kdns", "env", "--kubeconfig", kc, "--namespace", "prod"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "KUBERNETES_SERVICE_HOST=10.96.0.1" in lines
+    assert "WEB_SERVICE_HOST=10.96.0.20" in lines and "DB_PORT=tcp://10.96.0.30:80" in lines
+    assert not any(line.startswith("PG_SERVICE_HOST") for line in lines)     # headless: none
+    assert not api.requests_for("services", watch=True)                      # one listing, no watch
+    down = subprocess.run([sys.executable, "-m", "kdns", "env", "--kubeconfig", kc, "--context", "nowhere"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert down.returncode == 2
+    assert down.stderr.strip() == ("kdns env: cannot list Services from the cluster: listing services at "
+                                   "http://127.0.0.1:9: cannot connect ([Errno 111] Connection refused)")
