@@ -4,9 +4,12 @@ No kube-apiserver can be installed where kdns is developed and tested, so the te
 (the `kubernetes` Python client inside kdns, and kubectl) against this. It models what a list +
 watch client depends on, with the semantics of the real server:
 
-- discovery: /version, /api, /api/v1, /apis, /apis/discovery.k8s.io[/v1], /healthz, /readyz;
+- discovery: /version, /api, /api/v1, /apis, /apis/<group>[/<version>], /healthz, /readyz,
+  and the OpenAPI documents kubectl looks for (v3 root and group-versions, an empty v2);
 - services, pods, namespaces (core/v1) and endpointslices (discovery.k8s.io/v1), both the
-  all-namespaces and the per-namespace paths, GET of one object;
+  all-namespaces and the per-namespace paths, GET of one object; the kinds of a deployment
+  manifest (ServiceAccount, ConfigMap, Deployment, ClusterRole(Binding), PodDisruptionBudget)
+  are stored and served without interpretation;
 - list: one global resourceVersion (like etcd's revision), limit/continue with a consistent
   snapshot per list, 410 Expired for a continue token older than the compaction point,
   labelSelector (=, ==, !=, in, notin, exists, !exists) and fieldSelector on metadata.name and
@@ -81,8 +84,19 @@ RESOURCES = {
         Resource("pods", "", "v1", "Pod", True, ("po",), "pod"),
         Resource("namespaces", "", "v1", "Namespace", False, ("ns",), "namespace"),
         Resource("endpointslices", "discovery.k8s.io", "v1", "EndpointSlice", True, (), "endpointslice"),
+        # Stored and served, never interpreted: what a deployment manifest (deploy/kdns.yaml)
+        # holds, so `kubectl apply --dry-run=server` can be checked against the fake.
+        Resource("serviceaccounts", "", "v1", "ServiceAccount", True, ("sa",), "serviceaccount"),
+        Resource("configmaps", "", "v1", "ConfigMap", True, ("cm",), "configmap"),
+        Resource("deployments", "apps", "v1", "Deployment", True, ("deploy",), "deployment"),
+        Resource("clusterroles", "rbac.authorization.k8s.io", "v1", "ClusterRole", False, (), "clusterrole"),
+        Resource("clusterrolebindings", "rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", False, (),
+                 "clusterrolebinding"),
+        Resource("poddisruptionbudgets", "policy", "v1", "PodDisruptionBudget", True, ("pdb",),
+                 "poddisruptionbudget"),
     )
 }
+GROUP_VERSIONS = sorted({r.api_version for r in RESOURCES.values()}, key=lambda gv: ("/" in gv, gv))
 BY_KIND = {r.kind: r for r in RESOURCES.values()}
 VERBS = ["create", "delete", "get", "list", "update", "watch"]
 ALWAYS_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
@@ -634,7 +648,9 @@ def _cells(res: Resource, obj: dict) -> tuple[list[str], list[Any]]:
                 [name, obj.get("addressType", ""), ports, ",".join(addrs) or "<unset>", _age(obj)])
     if res.name == "namespaces":
         return (["Name", "Status", "Age"], [name, obj.get("status", {}).get("phase", "Active"), _age(obj)])
-    return (["Name", "Status", "Age"], [name, obj.get("status", {}).get("phase", "Pending"), _age(obj)])
+    if res.name == "pods":
+        return (["Name", "Status", "Age"], [name, obj.get("status", {}).get("phase", "Pending"), _age(obj)])
+    return (["Name", "Age"], [name, _age(obj)])
 
 
 def to_table(res: Resource, objs: list[dict], rv: str, *, headers: bool = True,
@@ -768,8 +784,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return 200
         if len(parts) >= 3 and parts[0] == "api" and parts[1] == "v1":
             group, rest = "", parts[2:]
-        elif len(parts) >= 4 and parts[0] == "apis" and parts[1] == "discovery.k8s.io" and parts[2] == "v1":
-            group, rest = "discovery.k8s.io", parts[3:]
+        elif len(parts) >= 4 and parts[0] == "apis" and f"{parts[1]}/{parts[2]}" in GROUP_VERSIONS:
+            group, rest = parts[1], parts[3:]
         else:
             raise HTTPError(404, "NotFound", "the server could not find the requested resource")
         ns: str | None = None
@@ -837,14 +853,15 @@ class _Handler(BaseHTTPRequestHandler):
                     "compiler": "gc", "platform": "linux/amd64"}
         if path == "/api":
             return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": addr}
-        group = {"name": "discovery.k8s.io",
-                 "versions": [{"groupVersion": "discovery.k8s.io/v1", "version": "v1"}],
-                 "preferredVersion": {"groupVersion": "discovery.k8s.io/v1", "version": "v1"}}
+        groups = [{"name": gv.split("/")[0], "versions": [{"groupVersion": gv, "version": gv.split("/")[1]}],
+                   "preferredVersion": {"groupVersion": gv, "version": gv.split("/")[1]}}
+                  for gv in GROUP_VERSIONS if "/" in gv]
         if path == "/apis":
-            return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [group]}
-        if path == "/apis/discovery.k8s.io":
-            return {"kind": "APIGroup", "apiVersion": "v1", **group}
-        for gv in ("v1", "discovery.k8s.io/v1"):
+            return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+        for group in groups:
+            if path == f"/apis/{group['name']}":
+                return {"kind": "APIGroup", "apiVersion": "v1", **group}
+        for gv in GROUP_VERSIONS:
             if path == ("/api/" if gv == "v1" else "/apis/") + gv:
                 return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": [
                     {"name": r.name, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind,
@@ -859,7 +876,7 @@ class _Handler(BaseHTTPRequestHandler):
         (which would need the full schema) when the group-version document shows a PATCH
         operation for the kind that takes the ``fieldValidation`` query parameter.
         """
-        gvs = {"api/v1": "v1", "apis/discovery.k8s.io/v1": "discovery.k8s.io/v1"}
+        gvs = {("api/" if gv == "v1" else "apis/") + gv: gv for gv in GROUP_VERSIONS}
         if path == "/openapi/v3":
             return {"paths": {p: {"serverRelativeURL": f"/openapi/v3/{p}?hash=fake"} for p in gvs}}
         gv = gvs.get(path.removeprefix("/openapi/v3/"))

@@ -199,12 +199,12 @@ def test_discovery_documents(api):
     core = {r["name"]: r for r in get(api, "/api/v1")[2]["resources"]}
     assert core["services"]["shortNames"] == ["svc"] and core["namespaces"]["namespaced"] is False
     groups = get(api, "/apis")[2]["groups"]
-    assert [g["name"] for g in groups] == ["discovery.k8s.io"]
+    assert [g["name"] for g in groups] == ["apps", "discovery.k8s.io", "policy", "rbac.authorization.k8s.io"]
     slices = get(api, "/apis/discovery.k8s.io/v1")[2]["resources"]
     assert [(r["name"], r["kind"], "watch" in r["verbs"]) for r in slices] == \
         [("endpointslices", "EndpointSlice", True)]
     assert get(api, "/version")[2]["major"] == "1"
-    status, _, body = get(api, "/apis/apps/v1/deployments")
+    status, _, body = get(api, "/apis/batch/v1/jobs")
     assert status == 404 and body["reason"] == "NotFound"
 
 
@@ -382,3 +382,60 @@ def test_kubectl_over_tls_needs_the_token(tmp_path):
         denied = subprocess.run([KUBECTL, "--kubeconfig", wrong, "get", "svc", "-A"], stdin=subprocess.DEVNULL,
                                 capture_output=True, text=True, timeout=60)
         assert denied.returncode != 0 and "Unauthorized" in denied.stderr
+
+
+DEPLOYMENT_YAML = """\
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: kdns, namespace: kube-system}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: kdns}
+rules:
+- apiGroups: [""]
+  resources: [services, namespaces]
+  verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: kdns}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: kdns}
+subjects: [{kind: ServiceAccount, name: kdns, namespace: kube-system}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: kdns, namespace: kube-system}
+spec:
+  replicas: 2
+  selector: {matchLabels: {k8s-app: kdns}}
+  template:
+    metadata: {labels: {k8s-app: kdns}}
+    spec:
+      serviceAccountName: kdns
+      containers: [{name: kdns, image: kdns:latest}]
+"""
+
+
+def kubectl_minor() -> int:
+    out = subprocess.run([KUBECTL, "version", "--client", "-o", "json"], capture_output=True, text=True,
+                         timeout=60).stdout
+    return int(json.loads(out)["clientVersion"]["minor"].rstrip("+"))
+
+
+def test_kubectl_apply_dry_run_of_a_deployment_manifest(api, kubectl):
+    # Before 1.27 kubectl asks the OpenAPI v2 schema whether a kind supports server dry-run;
+    # the fake's v2 document is empty, so only client dry-run applies to those.
+    for mode in ("client", "server") if kubectl_minor() >= 27 else ("client",):
+        out = kubectl("apply", f"--dry-run={mode}", "-f", "-", stdin=DEPLOYMENT_YAML).stdout
+        suffix = "(server dry run)" if mode == "server" else "(dry run)"
+        assert out.splitlines() == [
+            f"serviceaccount/kdns created {suffix}",
+            f"clusterrole.rbac.authorization.k8s.io/kdns created {suffix}",
+            f"clusterrolebinding.rbac.authorization.k8s.io/kdns created {suffix}",
+            f"deployment.apps/kdns created {suffix}",
+        ]
+    assert api.get("Deployment", "kube-system", "kdns") is None        # dry runs store nothing
+    wrong = kubectl("apply", "--dry-run=server", "-f", "-", check=False,
+                    stdin=DEPLOYMENT_YAML.replace("apps/v1", "apps/v1beta9"))
+    assert wrong.returncode != 0 and 'no matches for kind "Deployment" in version "apps/v1beta9"' in wrong.stderr
