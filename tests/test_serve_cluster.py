@@ -14,7 +14,7 @@ import dns.rcode
 import pytest
 
 from conftest import ROOT, Kdns
-from fakeapi import FakeAPI, endpointslice, service
+from fakeapi import FakeAPI, endpointslice, pod, service
 
 WAIT = 20.0
 
@@ -183,3 +183,21 @@ def test_kdns_env_reads_the_same_source(api, tmp_path):
     assert down.returncode == 2
     assert down.stderr.strip() == ("kdns env: cannot list Services from the cluster: listing services at "
                                    "http://127.0.0.1:9: cannot connect ([Errno 111] Connection refused)")
+
+
+def test_pods_verified_follows_the_pod_watch(api, kdns):
+    api.create(pod("prod", "web-0", "10.244.1.5"))
+    server = synced(api, kdns("--pods", "verified"))
+    assert api.wait_for(lambda: api.watchers("pods") == 1, WAIT)
+    eventually(server, "10-244-1-5.prod.pod.cluster.local.", ("NOERROR", ["10.244.1.5"]))
+    assert answers(server, "10-244-1-6.prod.pod.cluster.local.")[0] == "NXDOMAIN"
+    api.create(pod("prod", "web-1", "10.244.1.6"))
+    eventually(server, "10-244-1-6.prod.pod.cluster.local.", ("NOERROR", ["10.244.1.6"]))
+    api.delete("Pod", "prod", "web-0")
+    eventually(server, "10-244-1-5.prod.pod.cluster.local.", ("NXDOMAIN", []))
+
+
+def test_pods_are_not_watched_unless_verified(api, kdns):
+    server = synced(api, kdns())
+    assert answers(server, "10-244-9-9.prod.pod.cluster.local.") == ("NOERROR", ["10.244.9.9"])   # insecure
+    assert not api.requests_for("pods")
