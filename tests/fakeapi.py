@@ -131,10 +131,11 @@ class Fault:
 
     verb: str                      # "list" | "watch" | "any"
     resource: str | None           # None matches every resource
-    action: str                    # "status" | "drop" | "expire"
+    action: str                    # "status" | "drop" | "expire" | "garbage"
     code: int = 500
     retry_after: int | None = None
     after: int = 0                 # drop: events sent before the connection is cut
+    line: bytes = b""              # garbage: the raw line sent first
     count: int | None = 1
 
     def matches(self, verb: str, resource: str) -> bool:
@@ -362,6 +363,11 @@ class FakeAPI:
     def expire_next_watch(self, resource: str | None = None, count: int | None = 1) -> None:
         """The next ``count`` watches get an in-stream ERROR 410 whatever their resourceVersion."""
         self._add_fault(Fault("watch", resource, "expire", count=count))
+
+    def garbage_next_watch(self, resource: str | None = None, line: bytes = b"{this is not json\n",
+                           count: int | None = 1) -> None:
+        """The next ``count`` watches start with ``line`` (a client must skip it and go on)."""
+        self._add_fault(Fault("watch", resource, "garbage", count=count, line=line))
 
     def clear_faults(self) -> None:
         with self._cond:
@@ -1034,6 +1040,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         first = [True]
         try:
+            if fault and fault.action == "garbage":
+                self._chunk(fault.line)
+                self.wfile.flush()
             if expired_at is not None:
                 with api._cond:
                     oldest = api._compacted[res.name] + 1

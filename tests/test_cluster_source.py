@@ -600,3 +600,51 @@ def test_a_failing_sink_is_logged_and_healed_by_a_relist(api, run, caplog):
     assert "the serving side failed to take ADDED Service poison; relisting to recover" in caplog.text
     api.create(service("prod", "after", "10.96.0.92"))
     assert sink.wait(lambda s: "prod/after" in s.ips())
+
+
+def test_step_scripted_watch_events():
+    store = Store()
+    svc = cluster.KINDS["services"]
+    added = {"type": "ADDED", "object": {**service("prod", "web", "10.96.0.20"),
+                                         "metadata": {"name": "web", "namespace": "prod", "resourceVersion": "11"}}}
+    change, rv = cluster.step(store, svc, added)
+    assert change == ("ADDED", objects.service_from_dict(added["object"])) and rv == "11"
+    bookmark = {"type": "BOOKMARK", "object": {"kind": "Service", "apiVersion": "v1",
+                                                "metadata": {"resourceVersion": "20"}}}
+    assert cluster.step(store, svc, bookmark) == (None, "20")
+    gone = {"type": "DELETED", "object": {**added["object"], "metadata": {**added["object"]["metadata"],
+                                                                          "resourceVersion": "21"}}}
+    change, rv = cluster.step(store, svc, gone)
+    assert change[0] == "DELETED" and change[1].name == "web" and rv == "21" and store.cluster.services == {}
+    expired = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired",
+                                           "message": "too old resource version: 5 (10)"}}
+    with pytest.raises(cluster.Expired, match=r"too old resource version: 5 \(10\)"):
+        cluster.step(store, svc, expired)
+    with pytest.raises(cluster.StreamError, match="ERROR event 500 InternalError: etcd down"):
+        cluster.step(store, svc, {"type": "ERROR", "object": {"code": 500, "reason": "InternalError",
+                                                              "message": "etcd down"}})
+    for garbage in ([], {"type": "ADDED"}, {"type": "ADDED", "object": "x"}, {"object": {}}):
+        with pytest.raises(cluster.BadEvent):
+            cluster.step(store, svc, garbage)
+    assert cluster.step(store, svc, {"type": "SURPRISE", "object": {}}) == (None, None)
+
+
+def test_undecodable_lines_are_skipped(api, run, caplog):
+    seed(api)
+    caplog.set_level(logging.WARNING, logger="kdns.cluster")
+    sink = RecordingSink()
+    src = run(sink)
+    api.garbage_next_watch("services")
+    api.garbage_next_watch("services", line=b'{"type": "ADDED", "object": null}\n')
+    api.drop_streams("services")
+    assert api.wait_for(lambda: api.watchers("services") == 1 and len(watches(api, "services")) == 2)
+    api.create(service("prod", "after-garbage", "10.96.0.93"))
+    assert sink.wait(lambda s: "prod/after-garbage" in s.ips())
+    assert "services: skipping an undecodable watch event: Expecting property name" in caplog.text
+    assert sink.resets() == 1
+    api.drop_streams("services")
+    assert api.wait_for(lambda: len(watches(api, "services")) == 3)
+    api.create(service("prod", "after-null", "10.96.0.94"))
+    assert sink.wait(lambda s: "prod/after-null" in s.ips())
+    assert "skipping an undecodable watch event: no type or no object" in caplog.text
+    assert src.stats.skipped == 2

@@ -150,6 +150,37 @@ class Store:
         return ("MODIFIED" if old is not None else "ADDED", obj)
 
 
+class BadEvent(ValueError):
+    """A watch line that is not a watch event."""
+
+
+def step(store: Store, kind: Kind, event: Any) -> tuple[tuple[str, Object] | None, str | None]:
+    """One decoded watch event -> (the change to tell the sink, the resourceVersion to resume
+    from); either may be None. Pure apart from ``store``: the watch loop repeats this step.
+
+    BOOKMARK only moves the resourceVersion (its object carries nothing else: never parse it).
+    ERROR 410 raises Expired (relist); any other ERROR raises StreamError (back off, resume).
+    """
+    if not isinstance(event, Mapping):
+        raise BadEvent("not a JSON object")
+    op, raw = event.get("type"), event.get("object")
+    if not isinstance(op, str) or not isinstance(raw, Mapping):
+        raise BadEvent("no type or no object")
+    meta = raw.get("metadata")
+    rv = meta.get("resourceVersion") if isinstance(meta, Mapping) else None
+    rv = rv if isinstance(rv, str) and rv else None
+    if op == "BOOKMARK":
+        return None, rv
+    if op == "ERROR":
+        if raw.get("code") == 410:
+            raise Expired(f"watch expired: {raw.get('message', '')}")
+        raise StreamError(f"ERROR event {raw.get('code')} {raw.get('reason', '')}: {raw.get('message', '')}")
+    if op not in ("ADDED", "MODIFIED", "DELETED"):
+        log.warning("%s: skipping a watch event of unknown type %r", kind.resource, op)
+        return None, None
+    return store.apply(kind, op, raw), rv
+
+
 def parse_items(kind: Kind, items: list) -> dict:
     out = {}
     for raw in items:
@@ -397,12 +428,14 @@ class ClusterSource:
                              len(self.store.cluster.namespaces),
                              f", {len(self.store.cluster.pods)} pods" if len(self.kinds) > 3 else "")
 
-    def event(self, kind: Kind, op: str, raw: Mapping[str, Any]) -> None:
+    def event(self, kind: Kind, event: Any) -> str | None:
+        """Take one watch event; returns the resourceVersion to resume from, if it has one."""
         with self._lock:
-            change = self.store.apply(kind, op, raw)
+            change, rv = step(self.store, kind, event)
             # Before the first full sync the store collects; the first reset carries it all.
             if change is not None and self.synced:
                 self._tell(self.sink.apply, *change)
+            return rv
 
     def _tell(self, call: Callable[..., None], *args: Any) -> None:
         try:
@@ -507,33 +540,21 @@ class _Reflector:
                 self.last_contact = time.monotonic()
                 try:
                     event = json.loads(line)
-                    op = event["type"]
-                    raw = event["object"]
-                    if not isinstance(raw, dict):
-                        raise TypeError("object is not a mapping")
-                except (ValueError, KeyError, TypeError) as exc:
+                    is_error = isinstance(event, dict) and event.get("type") == "ERROR"
+                    if not is_error:
+                        if self.backoff.failures:
+                            log.info("watching %s again at resourceVersion %s", name, self.rv)
+                        self.backoff.reset()           # the stream works: a later failure starts small
+                        self.expired_in_a_row = 0
+                    rv = self.source.event(self.kind, event)
+                except (ValueError, RecursionError) as exc:     # json or BadEvent
                     stats.skipped += 1
                     log.warning("%s: skipping an undecodable watch event: %s", name, exc)
                     continue
-                if op != "ERROR":
-                    self.backoff.reset()           # the stream works: a later failure starts small
-                    self.expired_in_a_row = 0
-                if op == "BOOKMARK":
-                    rv = (raw.get("metadata") or {}).get("resourceVersion")
-                    if rv:
-                        self.rv = rv
-                    continue
-                if op == "ERROR":
-                    if raw.get("code") == 410:
-                        raise Expired(f"watch from resourceVersion {self.rv} expired: {raw.get('message', '')}")
-                    raise StreamError(f"ERROR event {raw.get('code')} {raw.get('reason', '')}: "
-                                      f"{raw.get('message', '')}")
-                if op not in ("ADDED", "MODIFIED", "DELETED"):
-                    log.warning("%s: skipping a watch event of unknown type %r", name, op)
-                    continue
-                stats.events[name] = stats.events.get(name, 0) + 1
-                self.source.event(self.kind, op, raw)
-                rv = (raw.get("metadata") or {}).get("resourceVersion")
+                except Expired as exc:
+                    raise Expired(f"watch from resourceVersion {self.rv}: {exc}") from None
+                if isinstance(event, dict) and event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                    stats.events[name] = stats.events.get(name, 0) + 1
                 if rv:
                     self.rv = rv
         finally:
