@@ -481,6 +481,13 @@ def test_kubeconfig_resolution_and_context(api, tmp_path, monkeypatch):
         cluster.list_cluster(context="nowhere")
     with pytest.raises(ClusterError, match=r"context 'nope' in kubeconfig .*nope"):
         cluster.list_cluster(context="nope")
+    bad = tmp_path / "bad"
+    bad.write_text("garbage: [\n")
+    with pytest.raises(ClusterError, match=r"kubeconfig .*bad: not YAML: while parsing"):
+        cluster.list_cluster(str(bad))
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ClusterError, match=r"kubeconfig .*bad: not a usable kubeconfig \("):
+        cluster.list_cluster(str(bad))
     monkeypatch.delenv("KUBECONFIG")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     with pytest.raises(ClusterError, match=r"kubeconfig ~/.kube/config: no such file \(use --kubeconfig"):

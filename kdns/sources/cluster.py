@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
 import urllib3
+import yaml
 from kubernetes import client
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
@@ -223,8 +224,11 @@ def load_configuration(kubeconfig: str | None = None, context: str | None = None
         except ConfigException as exc:
             where = f"context {context!r} in " if context else ""
             raise ClusterError(f"{where}kubeconfig {paths}: {exc}") from None
-        except (OSError, ValueError) as exc:      # unreadable file, bad YAML
-            raise ClusterError(f"kubeconfig {paths}: {' '.join(str(exc).split())}") from None
+        except yaml.YAMLError as exc:
+            raise ClusterError(f"kubeconfig {paths}: not YAML: {' '.join(str(exc).split())}") from None
+        except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:   # unreadable, odd shapes
+            raise ClusterError(f"kubeconfig {paths}: not a usable kubeconfig "
+                               f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
     # Our loops do the retrying (with backoff and Retry-After); urllib3's silent retries
     # would multiply every read timeout.
     cfg.retries = False
