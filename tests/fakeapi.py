@@ -24,9 +24,17 @@ watch client depends on, with the semantics of the real server:
 - meta.k8s.io/v1 Table responses when the client asks for them (kubectl's default output);
 - fault injection driven by the test: HTTP errors at list or watch start (500, 429 with
   Retry-After, 401, 403, ...), streams dropped after N events or right now, JSON lines split
-  across chunks, a stall (requests and streams go silent until released), compaction.
+  across chunks, a garbage line at the start of a watch, a stall (requests and streams go
+  silent until released), compaction (every older resourceVersion and continue token expires);
+- optional https with a throwaway CA (``tls=True``, needs the openssl CLI) and a required
+  bearer token (``token=...``), for the in-cluster path.
 
-Every request is recorded in ``FakeAPI.requests`` so tests can assert what the client asked for.
+Not modelled: PATCH (so no `kubectl apply` to existing objects), protobuf bodies (kubectl's
+typed generators such as `kubectl create service`), schema validation, finalizers, graceful
+deletion, the `default/kubernetes` Service.
+
+Every request is recorded in ``FakeAPI.requests`` and every bookmark in ``FakeAPI.bookmarks``,
+so tests can assert what the client asked for and was told.
 """
 
 from __future__ import annotations
