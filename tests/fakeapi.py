@@ -700,6 +700,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # Headers and small chunks go out at once, as Go's net/http does (no Nagle delay).
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.api._connections.add(self.connection)
 
     def finish(self) -> None:

@@ -655,3 +655,16 @@ def test_undecodable_lines_are_skipped(api, run, caplog):
     assert sink.wait(lambda s: "prod/after-null" in s.ips())
     assert "skipping an undecodable watch event: no type or no object" in caplog.text
     assert src.stats.skipped == 2
+
+
+def test_a_watch_that_ends_at_once_is_not_spun_on(api, run):
+    seed(api)
+    sink = RecordingSink()
+    run(sink, timeouts=replace(FAST, watch=0.0), wait_sync=False)   # timeoutSeconds=0: ends at once
+    assert sink.wait(lambda s: s.synced)
+    n = len(watches(api, "services"))
+    api.create(service("prod", "later", "10.96.0.95"))
+    assert sink.wait(lambda s: "prod/later" in s.ips())
+    time.sleep(1.0)
+    # Backing off (0.05 s doubling to 0.2 s), a second holds a handful of retries, not hundreds.
+    assert len(watches(api, "services")) - n < 30

@@ -489,7 +489,11 @@ class _Reflector:
                     if relist:
                         stats.relists[name] = stats.relists.get(name, 0) + 1
                         log.info("%s: relisted at resourceVersion %s (%d objects)", name, rv, len(items))
-                self._watch()
+                started = time.monotonic()
+                if self._watch() == 0 and time.monotonic() - started < 1.0:
+                    # Ended cleanly at once with nothing said: a misbehaving server or proxy;
+                    # don't spin on it.
+                    stop.wait(self.backoff.next())
             except Expired as exc:
                 self.rv = None
                 # The first 410 relists at once; 410s in a row (nothing but expiries in
@@ -520,7 +524,8 @@ class _Reflector:
             finally:
                 self._resp = None
 
-    def _watch(self) -> None:
+    def _watch(self) -> int:
+        """One watch request, read to its end; returns how many lines it carried."""
         t = self.source.timeouts
         stats = self.source.stats
         name = self.kind.resource
@@ -538,8 +543,10 @@ class _Reflector:
         if self.source._stop.is_set():
             resp.shutdown()
         self.last_contact = time.monotonic()
+        lines = 0
         try:
             for line in _lines(resp):
+                lines += 1
                 stats.last_event_received = time.perf_counter()
                 self.last_contact = time.monotonic()
                 try:
@@ -564,6 +571,7 @@ class _Reflector:
         finally:
             resp.release_conn()
         # A clean end (timeoutSeconds reached): watch again from where we are.
+        return lines
 
 
 def _advice(exc: BaseException, kind: Kind) -> str:
