@@ -7,9 +7,11 @@ import logging
 import signal
 import sys
 import threading
+import time
 
 from kdns import __version__, envcli
 from kdns.config import Config, ConfigError, normalize_zone, parse_hostport
+from kdns.forward import ForwardConfigError
 from kdns.sources import manifests
 
 log = logging.getLogger("kdns")
@@ -20,6 +22,32 @@ def _listen(text: str) -> tuple[str, int]:
         return parse_hostport(text, 53)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _http(text: str) -> tuple[str, int]:
+    try:
+        return parse_hostport(text, 8080)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0-3600 seconds")
+    return value
+
+
+def add_ops_args(p: argparse.ArgumentParser) -> None:
+    """Running under an orchestrator: probes, metrics, graceful shutdown (docs/ops.md)."""
+    p.add_argument("--http", type=_http, default=None, metavar="HOST:PORT",
+                   help="serve /health, /ready and /metrics here (default: off); port 0 picks one")
+    p.add_argument("--lameduck", type=_seconds, default=5.0, metavar="SECONDS",
+                   help="after SIGTERM or SIGINT, report not ready but keep answering DNS this long, "
+                        "then exit 0; a second signal ends it at once (default 5)")
 
 
 def add_source_args(p: argparse.ArgumentParser) -> None:
@@ -56,6 +84,16 @@ def cluster_source(args, sink, pods: bool):
                                  timeouts=timeouts)
 
 
+def add_forward_args(p: argparse.ArgumentParser) -> None:
+    """Where names outside our zones go (docs/forwarding.md)."""
+    p.add_argument("--upstream", action="append", type=_listen, default=[], metavar="HOST[:PORT]",
+                   help="resolver for names outside the cluster zones; repeatable, tried in order; "
+                        "default: the nameservers of --resolv-conf")
+    p.add_argument("--resolv-conf", default=None, metavar="PATH",
+                   help="read upstreams from this file's nameserver lines when no --upstream is "
+                        "given (default /etc/resolv.conf); '' = no forwarding (REFUSED)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdns", description="Cluster DNS for Kubernetes Service discovery")
     parser.add_argument("--version", action="version", version=f"kdns {__version__}")
@@ -77,9 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pod-ip", default="", metavar="IP",
                    help="this server's pod IP: the Service whose endpoints hold it is the apex NS")
     s.add_argument("--cache-size", type=int, default=10000, metavar="N",
-                   help="packet cache entries (default 10000)")
+                   help="entries in the packet cache and, separately, in the forwarding cache "
+                        "(default 10000)")
+    add_forward_args(s)
     s.add_argument("--reload", type=float, default=2.0, metavar="SECONDS",
                    help="poll manifests for changes this often; 0 disables (default 2)")
+    add_ops_args(s)
     envcli.add_parser(sub)
     return parser
 
@@ -114,6 +155,21 @@ def _load_manifests(paths, service_cidr):
         return None
 
 
+def _forwarder(args, bound, cache_size, zones):
+    """The Forwarder for --upstream / --resolv-conf, or None (out-of-zone names get REFUSED)."""
+    from kdns.forward import Forwarder, choose_upstreams
+
+    # The default path may be missing (a minimal container): then there is simply no upstream.
+    upstreams = choose_upstreams(args.upstream, args.resolv_conf if args.resolv_conf is not None
+                                 else "/etc/resolv.conf", bound, missing_ok=args.resolv_conf is None)
+    if not upstreams:
+        log.warning("no upstream resolvers: names outside the cluster zones get REFUSED")
+        return None
+    log.info("forwarding other names to %s",
+             ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in upstreams))
+    return Forwarder(upstreams, cache_size, own_zones=zones)
+
+
 def serve(args) -> int:
     from kdns.server import Server
     from kdns.snapshot import Store
@@ -124,9 +180,15 @@ def serve(args) -> int:
         print(f"kdns: {exc}", file=sys.stderr)
         return 2
     # Handlers first: a SIGTERM that arrives while starting up still means a clean exit 0.
-    stop = threading.Event()
+    stop, again = threading.Event(), threading.Event()
+    signals: list[int] = []
+
+    def on_signal(signum, _frame):
+        signals.append(signum)
+        (stop if len(signals) == 1 else again).set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     store = Store(config)
     source = None
     if uses_api(args):
@@ -148,6 +210,16 @@ def serve(args) -> int:
     except OSError as exc:
         print(f"kdns: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    try:
+        server.forwarder = _forwarder(args, bound, config.cache_size, config.zones)
+    except ForwardConfigError as exc:
+        print(f"kdns: {exc}", file=sys.stderr)
+        server.close()
+        return 2
+    status, web = _start_http(args, server, store.holder, source.waiting_for if source else None)
+    if status is None:
+        server.close()
+        return 1
     watcher = None
     if source is None and args.reload > 0:
         watcher = manifests.Watcher(paths, config.service_cidr, store, args.reload)
@@ -164,11 +236,70 @@ def serve(args) -> int:
     for host, port in bound:
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         log.info("listening on %s (udp, tcp)", shown)
-    stop.wait()
+    looped: list[str] = []
+    if server.forwarder is not None:
+        # Like CoreDNS's loop plugin: a forwarding loop is fatal, loudly, rather than a slow
+        # storm of queries circling until every client times out.
+        server.forwarder.start_loop_probe(lambda msg: (looped.append(msg), stop.set()))
+    _wait(stop)
+    if looped:
+        print(f"kdns: {looped[0]}", file=sys.stderr)
+        if source is not None:
+            source.stop()
+        if web:
+            web.close()
+        server.close()
+        return 1
+    _lameduck(status, args.lameduck, again)
     if watcher:
         watcher.stop()
     if source is not None:
         source.stop()
+    if web:
+        web.close()
     server.close()
     log.info("stopped")
     return 0
+
+
+def _start_http(args, server, holder, waiting_for=None):
+    """The /health, /ready, /metrics endpoints when --http is given: (Status, HTTP or None);
+    (None, None) when the address cannot be bound."""
+    from kdns import http, metrics
+
+    status = http.Status(lambda: holder.current, waiting_for)
+    if args.http is None:
+        return status, None
+    metrics.register(metrics.QueryCollector(server.stats, lambda: holder.current, status.ready,
+                                            server.cache_entries))
+    web = http.HTTP(args.http, status, metrics.REGISTRY)
+    try:
+        host, port = web.start()
+    except OSError as exc:
+        print(f"kdns: cannot serve http on {args.http[0]}:{args.http[1]}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return None, None
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    log.info("http on %s (/health, /ready, /metrics)", shown)
+    return status, web
+
+
+def _lameduck(status, seconds: float, again: threading.Event) -> None:
+    """/ready goes 503 at once; DNS keeps answering while the endpoint removal reaches every
+    kube-proxy, so no client is sent to a server that has already gone (CoreDNS health lameduck)."""
+    status.lameduck = True
+    if seconds > 0:
+        log.info("lameduck: not ready, still answering for %gs (signal again to stop now)", seconds)
+        _wait(again, seconds)
+
+
+def _wait(event: threading.Event, seconds: float | None = None) -> None:
+    """Wait for a signal-set event in short slices. The kernel may deliver SIGTERM to any thread
+    (a UDP loop in recvfrom, say); Python then runs the handler only when the main thread next
+    runs bytecode, which an untimed wait never does, so a plain ``event.wait()`` can miss it."""
+    deadline = None if seconds is None else time.monotonic() + seconds
+    while not event.is_set():
+        left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+        if left <= 0:
+            return
+        event.wait(left)

@@ -20,10 +20,20 @@ DATA = Path(__file__).resolve().parent / "data"
 
 
 class Kdns:
-    """A `kdns serve` subprocess; ``port`` is the UDP/TCP port it bound."""
+    """A `kdns serve` subprocess; ``port`` is the UDP/TCP port it bound on ``listen``'s host.
 
-    def __init__(self, *args: str, env: dict | None = None, wait: bool = True):
-        cmd = [sys.executable, "-m", "kdns", "serve", "--listen", "127.0.0.1:0", *args]
+    No forwarding unless a test asks for it (``--upstream`` wins): the machine's resolv.conf
+    points at resolvers that tests must never reach. No lameduck either: tests stop many
+    servers; one that wants a lameduck passes its own (argparse keeps the last value given).
+    """
+
+    def __init__(self, *args: str, listen: str = "127.0.0.1:0", netns: str | None = None,
+                 env: dict | None = None, wait: bool = True):
+        cmd = [sys.executable, "-m", "kdns", "serve", "--listen", listen, "--resolv-conf", "",
+               "--lameduck", "0", *args]
+        if netns:
+            cmd = ["ip", "netns", "exec", netns, *cmd]
+        self.host = listen.rsplit(":", 1)[0].strip("[]")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env={**os.environ, **(env or {})})
         self.lines: list[str] = []
@@ -44,16 +54,25 @@ class Kdns:
 
     def _wait_port(self) -> int:
         deadline = time.monotonic() + 30
+        pattern = re.compile(r"listening on \[?" + re.escape(self.host) + r"\]?:(\d+)")
         while time.monotonic() < deadline:
-            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", self.log())
+            m = pattern.search(self.log())
             if m:
                 return int(m.group(1))
-            if self.proc.poll() is not None and not self._reader.is_alive():
+            if self.proc.poll() is not None:
+                self._reader.join(5)
                 raise RuntimeError("kdns exited early:\n" + self.log())
             time.sleep(0.02)
         raise RuntimeError("kdns did not start:\n" + self.log())
 
-    def query(self, name: str, rdtype: str = "A", *, tcp: bool = False, edns: int | None = 0,
+    def wait_exit(self, timeout: float = 30) -> int:
+        """The exit status of a kdns expected to stop by itself."""
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._reader.join(5)
+
+    def query(self, name: str, rdtype: str = "A", *, tcp: bool = False, edns: int | bool = 0,
               payload: int = 1232, rdclass: str = "IN", want_dnssec: bool = False,
               timeout: float = 3.0) -> dns.message.Message:
         q = dns.message.make_query(name, rdtype, rdclass, use_edns=edns, payload=payload,
@@ -62,8 +81,8 @@ class Kdns:
 
     def send(self, q: dns.message.Message, *, tcp: bool = False, timeout: float = 3.0) -> dns.message.Message:
         if tcp:
-            return dns.query.tcp(q, "127.0.0.1", port=self.port, timeout=timeout)
-        return dns.query.udp(q, "127.0.0.1", port=self.port, timeout=timeout, ignore_trailing=True)
+            return dns.query.tcp(q, self.host, port=self.port, timeout=timeout)
+        return dns.query.udp(q, self.host, port=self.port, timeout=timeout, ignore_trailing=True)
 
     def stop(self) -> str:
         if self.proc.poll() is None:

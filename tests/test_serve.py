@@ -126,23 +126,13 @@ def test_ipv6_listen():
             s.bind(("::1", 0))
     except OSError:
         pytest.skip("::1 is not configured")
-    proc = subprocess.Popen([sys.executable, "-m", "kdns", "serve", "--listen", "[::1]:0"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = Kdns(listen="[::1]:0")
     try:
-        port = None
-        for _ in range(20):
-            line = proc.stdout.readline()
-            if "listening on [::1]:" in line:
-                port = int(line.rsplit(":", 1)[1].split()[0])
-                break
-        assert port
-        q = dns.message.make_query("webapp.default.svc.cluster.local.", "A")
-        for resp in (dns.query.udp(q, "::1", port=port, timeout=3), dns.query.tcp(q, "::1", port=port, timeout=3)):
+        for tcp in (False, True):
+            resp = server.query("webapp.default.svc.cluster.local.", tcp=tcp)
             assert section_lines(resp.answer) == ["webapp.default.svc.cluster.local. 5 IN A 10.96.45.200"]
     finally:
-        proc.terminate()
-        proc.wait(10)
-        proc.stdout.close()
+        server.stop()
 
 
 # ---------------------------------------------------------------- bad packets
@@ -208,7 +198,7 @@ def test_tcp_garbage_does_not_kill_the_server(default_server):
 # ---------------------------------------------------------------- bad manifests
 
 def run_serve(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kdns", "serve", "--listen", "127.0.0.1:0", *args],
+    return subprocess.run([sys.executable, "-m", "kdns", "serve", "--listen", "127.0.0.1:0", "--resolv-conf", "", *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=30)
 
 

@@ -201,3 +201,46 @@ def test_pods_are_not_watched_unless_verified(api, kdns):
     server = synced(api, kdns())
     assert answers(server, "10-244-9-9.prod.pod.cluster.local.") == ("NOERROR", ["10.244.9.9"])   # insecure
     assert not api.requests_for("pods")
+
+
+def test_ready_and_metrics_follow_the_watch(api, kdns):
+    from test_http import get, http_port, scrape, value
+
+    api.stall()                                       # the first listing hangs
+    server = kdns("--http", "127.0.0.1:0")
+    port = http_port(server)
+    code, body, _ = get(port, "/ready")
+    assert code == 503
+    assert body.strip() == ("not synced: waiting for the first full listing of the Kubernetes API "
+                            "(services, endpointslices, namespaces)")
+    assert value(scrape(port), "kdns_synced") == 0
+    api.unstall()
+    synced(api, server)
+    assert get(port, "/ready")[:2] == (200, "OK")
+    m = scrape(port)
+    assert value(m, "kdns_synced") == 1
+    for kind in ("services", "endpointslices", "namespaces"):
+        assert value(m, "kdns_relists_total", kind=kind, reason="start") == 1
+    api.create(service("prod", "counted", "10.96.0.80"))
+    eventually(server, "counted.prod.svc.cluster.local.", ("NOERROR", ["10.96.0.80"]))
+    assert value(scrape(port), "kdns_watch_events_total", kind="services", type="ADDED") == 1
+    # A 500 at watch start, then a 410: an error counted, a relist for the right reason.
+    api.fail("watch", "services", code=500)
+    api.expire_next_watch("services")
+    api.drop_streams("services")
+    deadline = time.monotonic() + WAIT
+    while value(scrape(port), "kdns_relists_total", kind="services", reason="gone") < 1 \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    m = scrape(port)
+    assert value(m, "kdns_relists_total", kind="services", reason="gone") == 1
+    assert value(m, "kdns_watch_errors_total", kind="services", reason="500") == 1
+    assert value(m, "kdns_watch_errors_total", kind="services", reason="disconnect") == 1
+    assert value(m, "kdns_watch_events_total", kind="services", type="ERROR") == 1
+    assert api.wait_for(lambda: any(r == "namespaces" for r, _ in list(api.bookmarks)), WAIT)
+    deadline = time.monotonic() + WAIT
+    while value(scrape(port), "kdns_watch_events_total", kind="namespaces", type="BOOKMARK") < 1 \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert value(scrape(port), "kdns_watch_events_total", kind="namespaces", type="BOOKMARK") >= 1
+    assert get(port, "/ready")[:2] == (200, "OK")     # an outage or relist never un-readies

@@ -41,7 +41,7 @@ from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from kdns import objects
+from kdns import metrics, objects
 from kdns.objects import SERVICE_NAME_LABEL, Cluster, FieldError
 from kdns.sources import Object, Sink
 
@@ -410,6 +410,10 @@ class ClusterSource:
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
 
+    def waiting_for(self) -> str:
+        """The kinds not fully listed yet, for /ready's reason ("" once synced)."""
+        return ", ".join(k.resource for k in self.kinds if k.resource not in self._listed)
+
     def wait_synced(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while not self.synced and time.monotonic() < deadline and not self._stop.is_set():
@@ -460,6 +464,7 @@ class _Reflector:
         self.backoff = Backoff(source.timeouts.backoff_base, source.timeouts.backoff_cap)
         self.last_contact = time.monotonic()
         self.expired_in_a_row = 0
+        self.relist_reason = "start"
         self._resp: Any = None
 
     def interrupt(self) -> None:
@@ -480,12 +485,14 @@ class _Reflector:
                 if self.rv is not None and time.monotonic() - self.last_contact > t.relist_after:
                     log.info("%s: away from the API for over %.0fs, relisting", name, t.relist_after)
                     self.rv = None
+                    self.relist_reason = "error"
                 if self.rv is None:
                     relist = name in self.source._listed
                     items, rv = _list(self.api, self.kind, t.page_size, (t.connect, t.list_read))
                     self.last_contact = time.monotonic()
                     self.source.listed(self.kind, parse_items(self.kind, items))
                     self.rv = rv
+                    metrics.RELISTS.labels(name, self.relist_reason if relist else "start").inc()
                     if relist:
                         stats.relists[name] = stats.relists.get(name, 0) + 1
                         log.info("%s: relisted at resourceVersion %s (%d objects)", name, rv, len(items))
@@ -496,6 +503,7 @@ class _Reflector:
                     stop.wait(self.backoff.next())
             except Expired as exc:
                 self.rv = None
+                self.relist_reason = "gone"
                 # The first 410 relists at once; 410s in a row (nothing but expiries in
                 # between) mean something is off: back off rather than hammer the server.
                 delay = self.backoff.next() if self.expired_in_a_row else 0.0
@@ -506,6 +514,7 @@ class _Reflector:
                 if stop.is_set():
                     break
                 stats.errors[name] = stats.errors.get(name, 0) + 1
+                metrics.WATCH_ERRORS.labels(name, _reason(exc)).inc()
                 delay = self.backoff.next()
                 hint = retry_after(exc)
                 if hint is not None:
@@ -516,10 +525,12 @@ class _Reflector:
                 stop.wait(delay)
             except SinkError:
                 self.rv = None
+                self.relist_reason = "error"
                 stop.wait(self.backoff.next())
             except Exception:        # noqa: BLE001 - a bug: say so, start over, keep the thread
                 log.exception("%s: unexpected error; relisting", name)
                 self.rv = None
+                self.relist_reason = "error"
                 stop.wait(self.backoff.next())
             finally:
                 self._resp = None
@@ -551,7 +562,10 @@ class _Reflector:
                 self.last_contact = time.monotonic()
                 try:
                     event = json.loads(line)
-                    is_error = isinstance(event, dict) and event.get("type") == "ERROR"
+                    op = event.get("type") if isinstance(event, dict) else None
+                    if op in EVENT_TYPES:
+                        metrics.WATCH_EVENTS.labels(name, op).inc()
+                    is_error = op == "ERROR"
                     if not is_error:
                         if self.backoff.failures:
                             log.info("watching %s again at resourceVersion %s", name, self.rv)
@@ -572,6 +586,24 @@ class _Reflector:
             resp.release_conn()
         # A clean end (timeoutSeconds reached): watch again from where we are.
         return lines
+
+
+EVENT_TYPES = frozenset(("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"))
+
+
+def _reason(exc: BaseException) -> str:
+    """A bounded label for kdns_watch_errors: the HTTP status, or what broke."""
+    status = getattr(exc, "status", None)
+    if isinstance(exc, ApiException) and status:
+        return str(status)
+    if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
+        return "timeout"
+    if isinstance(exc, (urllib3.exceptions.ProtocolError, urllib3.exceptions.NewConnectionError,
+                        ConnectionError)):
+        return "disconnect"
+    if isinstance(exc, StreamError):
+        return "stream"
+    return "error"
 
 
 def _advice(exc: BaseException, kind: Kind) -> str:
