@@ -6,6 +6,8 @@ test controls (changes, faults, stalls). Waits are bounded polls; none is a spee
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -244,3 +246,20 @@ def test_ready_and_metrics_follow_the_watch(api, kdns):
         time.sleep(0.05)
     assert value(scrape(port), "kdns_watch_events_total", kind="namespaces", type="BOOKMARK") >= 1
     assert get(port, "/ready")[:2] == (200, "OK")     # an outage or relist never un-readies
+
+
+def test_the_deploy_manifest_applied_through_kubectl_is_served(api, kdns, tmp_path):
+    """deploy/kdns.yaml, created with kubectl (validation on) against the fake API, then
+    answered by kdns watching that API: the kube-dns Service it defines resolves."""
+    kubectl = os.environ.get("KUBECTL") or shutil.which("kubectl")
+    assert kubectl, "kubectl is required (Debian: apt-get install kubernetes-client)"
+    server = synced(api, kdns())
+    config = api.kubeconfig(tmp_path / "kubectl-config")
+    out = subprocess.run([kubectl, "--kubeconfig", config, "--cache-dir", str(tmp_path / "cache"),
+                          "create", "-f", str(ROOT / "deploy" / "kdns.yaml")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "service/kube-dns created" in out.stdout.splitlines()
+    want = api.get("Service", "kube-system", "kube-dns")["spec"]["clusterIP"]
+    eventually(server, "kube-dns.kube-system.svc.cluster.local.", ("NOERROR", [want]))
+    assert api.get("Deployment", "kube-system", "kdns")["spec"]["replicas"] == 2
