@@ -409,6 +409,9 @@ class ClusterSource:
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        for r, t in zip(self._reflectors, self._threads):
+            if not t.is_alive():
+                r.api.close()              # its connection pool; a live thread still owns it
 
     def waiting_for(self) -> str:
         """The kinds not fully listed yet, for /ready's reason ("" once synced)."""
