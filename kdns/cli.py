@@ -57,6 +57,31 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
                         "default: the embedded example cluster (zones/)")
     p.add_argument("--service-cidr", default="10.96.0.0/12", metavar="CIDR",
                    help="range for Services whose manifest has no clusterIP (default 10.96.0.0/12)")
+    api = p.add_argument_group("live cluster (instead of --manifests)")
+    api.add_argument("--kubeconfig", metavar="PATH",
+                     help="list and watch the API of this kubeconfig's cluster (default resolution: "
+                          "$KUBECONFIG, then ~/.kube/config, when --context is given)")
+    api.add_argument("--context", metavar="NAME", help="kubeconfig context to use (default: current)")
+    api.add_argument("--in-cluster", action="store_true",
+                     help="use the pod's service account (KUBERNETES_SERVICE_HOST, token, CA)")
+    api.add_argument("--api-timeout", type=float, default=90.0, metavar="SECONDS",
+                     help="client read timeout on API requests, so a dead connection is noticed "
+                          "(default 90; bookmarks keep healthy watches talking)")
+
+
+def uses_api(args) -> bool:
+    return bool(args.kubeconfig or args.context or args.in_cluster)
+
+
+def cluster_source(args, sink, pods: bool):
+    """A started-later ClusterSource for --kubeconfig/--context/--in-cluster, or an error line."""
+    from kdns.sources import cluster       # imports `kubernetes` (slow): only when asked for
+    if args.manifests:
+        raise cluster.ClusterError("--manifests and --kubeconfig/--context/--in-cluster are two "
+                                   "different sources; use one")
+    timeouts = cluster.Timeouts(read=args.api_timeout)
+    return cluster.ClusterSource(sink, args.kubeconfig, args.context, args.in_cluster, pods=pods,
+                                 timeouts=timeouts)
 
 
 def add_forward_args(p: argparse.ArgumentParser) -> None:
@@ -165,11 +190,20 @@ def serve(args) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     store = Store(config)
-    paths = args.manifests or manifests.default_paths()
-    cluster = _load_manifests(paths, config.service_cidr)
-    if cluster is None:
-        return 2
-    store.reset(cluster, synced=True)
+    source = None
+    if uses_api(args):
+        from kdns.sources.cluster import ClusterError
+        try:
+            source = cluster_source(args, store, pods=config.pods == "verified")
+        except ClusterError as exc:
+            print(f"kdns: {exc}", file=sys.stderr)
+            return 2
+    else:
+        paths = args.manifests or manifests.default_paths()
+        cluster = _load_manifests(paths, config.service_cidr)
+        if cluster is None:
+            return 2
+        store.reset(cluster, synced=True)
     server = Server(store.holder, config.listen, config.cache_size)
     try:
         bound = server.bind()
@@ -182,18 +216,23 @@ def serve(args) -> int:
         print(f"kdns: {exc}", file=sys.stderr)
         server.close()
         return 2
-    status, web = _start_http(args, server, store.holder)
+    status, web = _start_http(args, server, store.holder, source.waiting_for if source else None)
     if status is None:
         server.close()
         return 1
     watcher = None
-    if args.reload > 0:
+    if source is None and args.reload > 0:
         watcher = manifests.Watcher(paths, config.service_cidr, store, args.reload)
         watcher.start()
     server.start()
-    log.info("serving %s and the reverse zones: %d services, %d namespaces, from %s",
-             config.domain, len(cluster.services), len(cluster.namespaces),
-             ", ".join(str(p) for p in paths))
+    if source is not None:
+        # Until the first full listing, cluster names answer SERVFAIL (the Store starts unsynced).
+        source.start()
+        log.info("serving %s and the reverse zones from the API at %s", config.domain, source.host)
+    else:
+        log.info("serving %s and the reverse zones: %d services, %d namespaces, from %s",
+                 config.domain, len(cluster.services), len(cluster.namespaces),
+                 ", ".join(str(p) for p in paths))
     for host, port in bound:
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         log.info("listening on %s (udp, tcp)", shown)
@@ -205,6 +244,8 @@ def serve(args) -> int:
     _wait(stop)
     if looped:
         print(f"kdns: {looped[0]}", file=sys.stderr)
+        if source is not None:
+            source.stop()
         if web:
             web.close()
         server.close()
@@ -212,6 +253,8 @@ def serve(args) -> int:
     _lameduck(status, args.lameduck, again)
     if watcher:
         watcher.stop()
+    if source is not None:
+        source.stop()
     if web:
         web.close()
     server.close()
@@ -219,12 +262,12 @@ def serve(args) -> int:
     return 0
 
 
-def _start_http(args, server, holder):
+def _start_http(args, server, holder, waiting_for=None):
     """The /health, /ready, /metrics endpoints when --http is given: (Status, HTTP or None);
     (None, None) when the address cannot be bound."""
     from kdns import http, metrics
 
-    status = http.Status(lambda: holder.current)
+    status = http.Status(lambda: holder.current, waiting_for)
     if args.http is None:
         return status, None
     metrics.register(metrics.QueryCollector(server.stats, lambda: holder.current, status.ready,
