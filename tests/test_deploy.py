@@ -21,7 +21,6 @@ MANIFEST = ROOT / "deploy" / "kdns.yaml"
 # Flags the container passes that another branch adds to `kdns serve` (the API source). Until it
 # is merged they may be missing; once present they are checked like every other flag. Empty this
 # set when kdns.sources.cluster lands.
-PENDING_FLAGS = {"--in-cluster"}
 
 
 @pytest.fixture(scope="module")
@@ -256,15 +255,12 @@ def test_container_args_are_kdns_serve_flags(docs):
     known = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", helptext))
     assert "--lameduck" in known and "--http" in known
     flags = [a for a in args[1:] if a.startswith("--")]
-    unknown = [f for f in flags if f not in known and f not in PENDING_FLAGS]
+    unknown = [f for f in flags if f not in known]
     assert not unknown, f"not flags of kdns serve: {unknown}"
     # The values parse too (the kubelet expands $(POD_IP) before kdns sees it).
     from kdns.cli import build_parser
 
-    argv = [a.replace("$(POD_IP)", "10.244.0.10") for a in args if a not in PENDING_FLAGS or a in known]
+    argv = [a.replace("$(POD_IP)", "10.244.0.10") for a in args]
     parsed = build_parser().parse_args(argv)
     assert parsed.http == ("0.0.0.0", 8080) and parsed.listen == [("0.0.0.0", 1053)]
     assert parsed.pod_ip == "10.244.0.10" and parsed.lameduck == 5
-    missing = sorted(f for f in PENDING_FLAGS if f not in known)
-    if missing:
-        pytest.xfail(f"{missing} come with the API source (branch kubeapi), not merged here yet")
