@@ -96,6 +96,15 @@ class Kdns:
         return self.log()
 
 
+@pytest.fixture
+def api():
+    """A fresh in-repo fake Kubernetes API server (tests/fakeapi.py) on loopback."""
+    from fakeapi import FakeAPI
+
+    with FakeAPI(bookmark_interval=0.2) as fake:
+        yield fake
+
+
 @pytest.fixture(scope="session")
 def vectors_server():
     """kdns serving the vector cluster with the vectors' assumed config (cases.yaml header)."""

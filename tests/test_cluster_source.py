@@ -101,12 +101,6 @@ def _slot(view: Cluster, obj):
 
 
 @pytest.fixture
-def api():
-    with FakeAPI(bookmark_interval=0.2) as fake:
-        yield fake
-
-
-@pytest.fixture
 def run(api, tmp_path):
     """Start a ClusterSource on the fake; stop it (and check it stops) after the test."""
     started: list[ClusterSource] = []

@@ -27,12 +27,6 @@ KUBECTL = os.environ.get("KUBECTL") or shutil.which("kubectl")
 
 
 @pytest.fixture
-def api():
-    with FakeAPI(bookmark_interval=0.2) as fake:
-        yield fake
-
-
-@pytest.fixture
 def kubectl(api, tmp_path):
     assert KUBECTL, "kubectl is required (Debian: apt-get install kubernetes-client)"
     config = api.kubeconfig(tmp_path / "kubeconfig")

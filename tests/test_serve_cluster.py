@@ -50,10 +50,9 @@ def seed(api: FakeAPI) -> None:
 
 
 @pytest.fixture
-def api():
-    with FakeAPI(bookmark_interval=0.2) as fake:
-        seed(fake)
-        yield fake
+def api(api):
+    seed(api)
+    return api
 
 
 @pytest.fixture
