@@ -134,40 +134,15 @@ def _cluster_node(snap: Snapshot, labels: list[str]) -> Node | None:
     if n == 0:
         return ENT
     top = labels[-1]
-    if top == "svc":
+    if top in ("svc", "pod"):
+        # svc.<zone> and pod.<zone> always exist; <ns>.svc|pod.<zone> iff the namespace does.
         if n == 1:
             return ENT
         if labels[-2] not in snap.namespaces:
             return None
         if n == 2:
             return ENT
-        rec = snap.services.get((labels[-2], labels[-3]))
-        if rec is None or rec.node is None:
-            return None
-        if n == 3:
-            return rec.node
-        if rec.node.cname:
-            return None                         # nothing below an ExternalName (PR #6162)
-        if n == 4:
-            return rec.endpoints.get(labels[0])
-        if n == 5:
-            return rec.ports.get(names.port_proto(labels[0], labels[1]))
-        return None
-    if top == "pod":
-        if n == 1:
-            return ENT
-        if labels[-2] not in snap.namespaces:
-            return None
-        if n == 2:
-            return ENT
-        if n != 3 or snap.config.pods == "disabled":
-            return None
-        ip = names.pod_ip(labels[0])
-        if ip is None:
-            return None
-        if snap.config.pods == "verified" and (labels[1], ip) not in snap.pods:
-            return None
-        return Node(addrs=(ip,))
+        return _service_node(snap, labels) if top == "svc" else _pod_node(snap, labels)
     if n == 1 and top == "dns-version":
         return ENT                              # TXT handled by the caller; other types NODATA (Q1)
     if top == "dns":
@@ -176,6 +151,35 @@ def _cluster_node(snap: Snapshot, labels: list[str]) -> Node | None:
         if n == 2 and labels[0] == "ns":
             return Node(addrs=snap.config.ns_addresses)     # the SOA MNAME resolves (§3.8)
     return None
+
+
+def _service_node(snap: Snapshot, labels: list[str]) -> Node | None:
+    """<svc>.<ns>.svc, <ep>.<svc>.<ns>.svc and <port>.<proto>.<svc>.<ns>.svc."""
+    n = len(labels)
+    rec = snap.services.get((labels[-2], labels[-3]))
+    if rec is None or rec.node is None:
+        return None
+    if n == 3:
+        return rec.node
+    if rec.node.cname:
+        return None                             # nothing below an ExternalName (PR #6162)
+    if n == 4:
+        return rec.endpoints.get(labels[0])
+    if n == 5:
+        return rec.ports.get(names.port_proto(labels[0], labels[1]))
+    return None
+
+
+def _pod_node(snap: Snapshot, labels: list[str]) -> Node | None:
+    """<a-b-c-d>.<ns>.pod per --pods (§3.7)."""
+    if len(labels) != 3 or snap.config.pods == "disabled":
+        return None
+    ip = names.pod_ip(labels[0])
+    if ip is None:
+        return None
+    if snap.config.pods == "verified" and (labels[1], ip) not in snap.pods:
+        return None
+    return Node(addrs=(ip,))
 
 
 def _reverse_node(snap: Snapshot, zone: str, labels: list[str]) -> Node | None:

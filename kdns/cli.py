@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 
 from kdns import __version__, envcli
 from kdns.config import Config, ConfigError, normalize_zone, parse_hostport
@@ -23,6 +24,32 @@ def _listen(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _http(text: str) -> tuple[str, int]:
+    try:
+        return parse_hostport(text, 8080)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0-3600 seconds")
+    return value
+
+
+def add_ops_args(p: argparse.ArgumentParser) -> None:
+    """Running under an orchestrator: probes, metrics, graceful shutdown (docs/ops.md)."""
+    p.add_argument("--http", type=_http, default=None, metavar="HOST:PORT",
+                   help="serve /health, /ready and /metrics here (default: off); port 0 picks one")
+    p.add_argument("--lameduck", type=_seconds, default=5.0, metavar="SECONDS",
+                   help="after SIGTERM or SIGINT, report not ready but keep answering DNS this long, "
+                        "then exit 0; a second signal ends it at once (default 5)")
+
+
 def add_source_args(p: argparse.ArgumentParser) -> None:
     """Where the cluster comes from; shared by `serve` and `env`."""
     p.add_argument("--manifests", action="append", default=[], metavar="PATH",
@@ -30,6 +57,31 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
                         "default: the embedded example cluster (zones/)")
     p.add_argument("--service-cidr", default="10.96.0.0/12", metavar="CIDR",
                    help="range for Services whose manifest has no clusterIP (default 10.96.0.0/12)")
+    api = p.add_argument_group("live cluster (instead of --manifests)")
+    api.add_argument("--kubeconfig", metavar="PATH",
+                     help="list and watch the API of this kubeconfig's cluster (default resolution: "
+                          "$KUBECONFIG, then ~/.kube/config, when --context is given)")
+    api.add_argument("--context", metavar="NAME", help="kubeconfig context to use (default: current)")
+    api.add_argument("--in-cluster", action="store_true",
+                     help="use the pod's service account (KUBERNETES_SERVICE_HOST, token, CA)")
+    api.add_argument("--api-timeout", type=float, default=90.0, metavar="SECONDS",
+                     help="client read timeout on API requests, so a dead connection is noticed "
+                          "(default 90; bookmarks keep healthy watches talking)")
+
+
+def uses_api(args) -> bool:
+    return bool(args.kubeconfig or args.context or args.in_cluster)
+
+
+def cluster_source(args, sink, pods: bool):
+    """A started-later ClusterSource for --kubeconfig/--context/--in-cluster, or an error line."""
+    from kdns.sources import cluster       # imports `kubernetes` (slow): only when asked for
+    if args.manifests:
+        raise cluster.ClusterError("--manifests and --kubeconfig/--context/--in-cluster are two "
+                                   "different sources; use one")
+    timeouts = cluster.Timeouts(read=args.api_timeout)
+    return cluster.ClusterSource(sink, args.kubeconfig, args.context, args.in_cluster, pods=pods,
+                                 timeouts=timeouts)
 
 
 def add_forward_args(p: argparse.ArgumentParser) -> None:
@@ -68,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_forward_args(s)
     s.add_argument("--reload", type=float, default=2.0, metavar="SECONDS",
                    help="poll manifests for changes this often; 0 disables (default 2)")
+    add_ops_args(s)
     envcli.add_parser(sub)
     return parser
 
@@ -127,15 +180,30 @@ def serve(args) -> int:
         print(f"kdns: {exc}", file=sys.stderr)
         return 2
     # Handlers first: a SIGTERM that arrives while starting up still means a clean exit 0.
-    stop = threading.Event()
+    stop, again = threading.Event(), threading.Event()
+    signals: list[int] = []
+
+    def on_signal(signum, _frame):
+        signals.append(signum)
+        (stop if len(signals) == 1 else again).set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     store = Store(config)
-    paths = args.manifests or manifests.default_paths()
-    cluster = _load_manifests(paths, config.service_cidr)
-    if cluster is None:
-        return 2
-    store.reset(cluster, synced=True)
+    source = None
+    if uses_api(args):
+        from kdns.sources.cluster import ClusterError
+        try:
+            source = cluster_source(args, store, pods=config.pods == "verified")
+        except ClusterError as exc:
+            print(f"kdns: {exc}", file=sys.stderr)
+            return 2
+    else:
+        paths = args.manifests or manifests.default_paths()
+        cluster = _load_manifests(paths, config.service_cidr)
+        if cluster is None:
+            return 2
+        store.reset(cluster, synced=True)
     server = Server(store.holder, config.listen, config.cache_size)
     try:
         bound = server.bind()
@@ -148,14 +216,23 @@ def serve(args) -> int:
         print(f"kdns: {exc}", file=sys.stderr)
         server.close()
         return 2
+    status, web = _start_http(args, server, store.holder, source.waiting_for if source else None)
+    if status is None:
+        server.close()
+        return 1
     watcher = None
-    if args.reload > 0:
+    if source is None and args.reload > 0:
         watcher = manifests.Watcher(paths, config.service_cidr, store, args.reload)
         watcher.start()
     server.start()
-    log.info("serving %s and the reverse zones: %d services, %d namespaces, from %s",
-             config.domain, len(cluster.services), len(cluster.namespaces),
-             ", ".join(str(p) for p in paths))
+    if source is not None:
+        # Until the first full listing, cluster names answer SERVFAIL (the Store starts unsynced).
+        source.start()
+        log.info("serving %s and the reverse zones from the API at %s", config.domain, source.host)
+    else:
+        log.info("serving %s and the reverse zones: %d services, %d namespaces, from %s",
+                 config.domain, len(cluster.services), len(cluster.namespaces),
+                 ", ".join(str(p) for p in paths))
     for host, port in bound:
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         log.info("listening on %s (udp, tcp)", shown)
@@ -164,13 +241,65 @@ def serve(args) -> int:
         # Like CoreDNS's loop plugin: a forwarding loop is fatal, loudly, rather than a slow
         # storm of queries circling until every client times out.
         server.forwarder.start_loop_probe(lambda msg: (looped.append(msg), stop.set()))
-    stop.wait()
+    _wait(stop)
     if looped:
         print(f"kdns: {looped[0]}", file=sys.stderr)
+        if source is not None:
+            source.stop()
+        if web:
+            web.close()
         server.close()
         return 1
+    _lameduck(status, args.lameduck, again)
     if watcher:
         watcher.stop()
+    if source is not None:
+        source.stop()
+    if web:
+        web.close()
     server.close()
     log.info("stopped")
     return 0
+
+
+def _start_http(args, server, holder, waiting_for=None):
+    """The /health, /ready, /metrics endpoints when --http is given: (Status, HTTP or None);
+    (None, None) when the address cannot be bound."""
+    from kdns import http, metrics
+
+    status = http.Status(lambda: holder.current, waiting_for)
+    if args.http is None:
+        return status, None
+    metrics.register(metrics.QueryCollector(server.stats, lambda: holder.current, status.ready,
+                                            server.cache_entries))
+    web = http.HTTP(args.http, status, metrics.REGISTRY)
+    try:
+        host, port = web.start()
+    except OSError as exc:
+        print(f"kdns: cannot serve http on {args.http[0]}:{args.http[1]}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return None, None
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    log.info("http on %s (/health, /ready, /metrics)", shown)
+    return status, web
+
+
+def _lameduck(status, seconds: float, again: threading.Event) -> None:
+    """/ready goes 503 at once; DNS keeps answering while the endpoint removal reaches every
+    kube-proxy, so no client is sent to a server that has already gone (CoreDNS health lameduck)."""
+    status.lameduck = True
+    if seconds > 0:
+        log.info("lameduck: not ready, still answering for %gs (signal again to stop now)", seconds)
+        _wait(again, seconds)
+
+
+def _wait(event: threading.Event, seconds: float | None = None) -> None:
+    """Wait for a signal-set event in short slices. The kernel may deliver SIGTERM to any thread
+    (a UDP loop in recvfrom, say); Python then runs the handler only when the main thread next
+    runs bytecode, which an untimed wait never does, so a plain ``event.wait()`` can miss it."""
+    deadline = None if seconds is None else time.monotonic() + seconds
+    while not event.is_set():
+        left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+        if left <= 0:
+            return
+        event.wait(left)

@@ -256,10 +256,10 @@ def _resolve_field_refs(env_vars: tuple[EnvVar, ...], raw_env: list, doc: dict,
 def _read_pod(path: str) -> tuple[str, dict]:
     if not os.path.isfile(path):
         raise UsageError(f"--pod {path}: no such file")
-    try:
-        docs = manifests.read([path])
-    except manifests.ManifestError as exc:
-        raise UsageError(*exc.problems) from None
+    problems: list[str] = []
+    docs = [(str(w), d) for w, d in manifests.read([path], problems)]
+    if problems:
+        raise UsageError(*problems)
     pods = [(w, d) for w, d in docs if isinstance(d, dict) and d.get("kind") == "Pod"]
     if not pods:
         kinds = sorted({str(d.get("kind") or "no kind") if isinstance(d, dict) else "not a mapping"

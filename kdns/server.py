@@ -5,6 +5,9 @@ sent, EDNS), the value is the response after its ID, and the generation is the S
 (a new snapshot starts a new cache, so nothing is ever scanned or stale). A hit costs one dict
 lookup and one sendto; dnslib parses and packs only on a miss (design.md, measured table).
 
+Queries are counted in plain ints (kdns.metrics.QueryStats): a cache entry carries its stats
+cell, so a hit costs one more list increment and never a prometheus call or a lock.
+
 Each UDP socket has its own thread running a blocking recvfrom/sendto loop (as fast as uvloop
 here, and it keeps watch JSON and HTTP off the loop's thread). Anything that waits on the network
 (forwarding, ExternalName chases) goes to a worker pool so the loop never blocks.
@@ -17,11 +20,13 @@ import socket
 import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from time import perf_counter
 
 from cachetools import LRUCache
 
 from kdns import answer as ans
 from kdns import wire
+from kdns.metrics import HITS, QueryStats
 from kdns.snapshot import Holder, Snapshot
 
 log = logging.getLogger("kdns.server")
@@ -50,6 +55,7 @@ class Server:
         self._forward_slots = threading.BoundedSemaphore(MAX_PENDING_FORWARDS)
         self._tcp_slots = threading.BoundedSemaphore(TCP_MAX_CONNECTIONS)
         self._stopping = threading.Event()
+        self.stats = QueryStats()
 
     # ------------------------------------------------------------------ lifecycle
     def bind(self) -> list[tuple[str, int]]:
@@ -95,6 +101,9 @@ class Server:
             sock.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def cache_entries(self) -> int:
+        return len(self._cache)
+
     # ------------------------------------------------------------------ UDP
     def _cache_for(self, snap: Snapshot) -> LRUCache:
         if self._gen is not snap:                # a new snapshot is a new generation
@@ -118,8 +127,9 @@ class Server:
                 gen, cache = snap, self._cache_for(snap)
             hit = cache.get(data[2:])
             if hit is not None:
+                hit[1][HITS] += 1                # (response after the ID, its stats cell)
                 try:
-                    sendto(data[:2] + hit, addr)
+                    sendto(data[:2] + hit[0], addr)
                 except OSError:
                     pass
                 continue
@@ -127,6 +137,7 @@ class Server:
                 # A forwarding-cache hit: bytes patched in place, no dnslib, no thread hop.
                 hit = forwarded(data)
                 if hit is not None:
+                    self.stats.computed(hit, "udp")
                     try:
                         sendto(hit, addr)
                     except OSError:
@@ -143,30 +154,40 @@ class Server:
     def _respond(self, data: bytes, snap: Snapshot, cache, tcp: bool, reply) -> bytes | None:
         """Answer one query. Returns the packet, or None when dropped or answered later via
         ``reply`` (forwarding). Cacheable answers go into ``cache``."""
+        start = perf_counter()
+        transport = "tcp" if tcp else "udp"
         try:
             query = wire.decode(data)
         except wire.Drop:
+            self.stats.dropped += 1
             return None
         except wire.Reject as rej:
+            self.stats.computed(rej.packet, transport)
             return rej.packet
         try:
             resp = ans.answer(snap, query.qname, query.qtype)
         except Exception:
             log.exception("internal error answering %s", query.qname)
-            return wire.servfail(query)
+            return self._counted(wire.servfail(query), transport)
         limit = MAX_TCP_MESSAGE if tcp else wire.udp_limit(query)
         if self.forwarder is not None and (resp.forward or resp.chase or resp.fallthrough):
             if tcp:
-                return self._slow(data, query, resp, limit, tcp)
+                return self._counted(self._slow(data, query, resp, limit, tcp), transport)
             if not self._forward_slots.acquire(blocking=False):
-                return wire.servfail(query)          # shed load at once, never queue forever
+                return self._counted(wire.servfail(query), transport)   # shed load, never queue forever
             self._pool.submit(self._slow_reply, data, query, resp, limit, reply)
             return None
         if resp.forward:
             resp = ans.Response(ans.REFUSED, authoritative=False)   # no upstream configured
         packet = wire.encode(query, resp, limit)
+        cell = self.stats.computed(packet, transport)
+        self.stats.observe(perf_counter() - start)
         if cache is not None:
-            cache[data[2:]] = packet[2:]
+            cache[data[2:]] = (packet[2:], cell)
+        return packet
+
+    def _counted(self, packet: bytes, transport: str) -> bytes:
+        self.stats.computed(packet, transport)
         return packet
 
     def _slow_reply(self, data, query, resp, limit, reply) -> None:
@@ -177,6 +198,7 @@ class Server:
             packet = wire.servfail(query)
         finally:
             self._forward_slots.release()
+        self.stats.computed(packet, "udp")
         try:
             reply(packet)
         except OSError:

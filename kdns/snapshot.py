@@ -247,7 +247,6 @@ class Store:
         self._slices_by_service: dict[tuple[str, str], dict[str, EndpointSlice]] = {}
         self._records: dict[tuple[str, str], ServiceRecords] = {}
         self._ptr_owners: dict[str, tuple[tuple[str, str], ...]] = {}   # ip -> Services with a PTR for it
-        self._ptr: dict[str, tuple[str, ...]] = {}
         self._changed_records: dict = {}
         self._changed_ptr: dict = {}
         self._pub_records = LayeredMap()
@@ -266,10 +265,13 @@ class Store:
             self._slices_by_service = {}
             for sl in self.cluster.slices.values():
                 self._slices_by_service.setdefault((sl.namespace, sl.service_name), {})[sl.name] = sl
-            self._records, self._ptr_owners, self._ptr = {}, {}, {}
+            self._records, self._ptr_owners = {}, {}
+            self._changed_records, self._changed_ptr = {}, {}
             for key in self.cluster.services:
                 self._recompile(key)
-            self._pub_records, self._pub_ptr = LayeredMap(dict(self._records)), LayeredMap(dict(self._ptr))
+            # Everything changed: the changes are the new base (the writer keeps no other copy).
+            self._pub_records = LayeredMap(dict(self._records))
+            self._pub_ptr = LayeredMap({ip: t for ip, t in self._changed_ptr.items() if t is not None})
             self._changed_records, self._changed_ptr = {}, {}
             self._synced = synced
             self._pods = self._ns = None
@@ -358,10 +360,6 @@ class Store:
                 if pip == ip:
                     (cluster_ip if is_cluster else endpoint).append(target)
         targets = tuple(cluster_ip[:1] or dict.fromkeys(endpoint))
-        if targets:
-            self._ptr[ip] = targets
-        else:
-            self._ptr.pop(ip, None)
         self._changed_ptr[ip] = targets or None
 
     def _ns_records(self) -> tuple[tuple[str, tuple[str, ...]], ...]:

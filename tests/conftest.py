@@ -23,12 +23,14 @@ class Kdns:
     """A `kdns serve` subprocess; ``port`` is the UDP/TCP port it bound on ``listen``'s host.
 
     No forwarding unless a test asks for it (``--upstream`` wins): the machine's resolv.conf
-    points at resolvers that tests must never reach.
+    points at resolvers that tests must never reach. No lameduck either: tests stop many
+    servers; one that wants a lameduck passes its own (argparse keeps the last value given).
     """
 
     def __init__(self, *args: str, listen: str = "127.0.0.1:0", netns: str | None = None,
                  env: dict | None = None, wait: bool = True):
-        cmd = [sys.executable, "-m", "kdns", "serve", "--listen", listen, "--resolv-conf", "", *args]
+        cmd = [sys.executable, "-m", "kdns", "serve", "--listen", listen, "--resolv-conf", "",
+               "--lameduck", "0", *args]
         if netns:
             cmd = ["ip", "netns", "exec", netns, *cmd]
         self.host = listen.rsplit(":", 1)[0].strip("[]")
@@ -92,6 +94,15 @@ class Kdns:
                 self.proc.wait()
         self._reader.join(5)
         return self.log()
+
+
+@pytest.fixture
+def api():
+    """A fresh in-repo fake Kubernetes API server (tests/fakeapi.py) on loopback."""
+    from fakeapi import FakeAPI
+
+    with FakeAPI(bookmark_interval=0.2) as fake:
+        yield fake
 
 
 @pytest.fixture(scope="session")
