@@ -5,6 +5,11 @@ sent, EDNS), the value is the response after its ID, and the generation is the S
 (a new snapshot starts a new cache, so nothing is ever scanned or stale). A hit costs one dict
 lookup and one sendto; dnslib parses and packs only on a miss (design.md, measured table).
 
+The packet cache is a plain dict, not a cachetools LRU: an LRU hit costs ~0.25 µs more (its
+reordering), measured as 5-25% fewer QPS with dnsperf here. It stays bounded by --cache-size by
+starting over when full; hot names come back after one miss each, and every snapshot starts
+empty anyway. (The forwarding cache, with per-entry TTLs, is a cachetools TLRUCache.)
+
 Queries are counted in plain ints (kdns.metrics.QueryStats): a cache entry carries its stats
 cell, so a hit costs one more list increment and never a prometheus call or a lock.
 
@@ -21,8 +26,6 @@ import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
-
-from cachetools import LRUCache
 
 from kdns import answer as ans
 from kdns import wire
@@ -47,7 +50,7 @@ class Server:
         self.cache_size = max(1, cache_size)
         self.forwarder = forwarder
         self._gen: Snapshot | None = None
-        self._cache: LRUCache = LRUCache(self.cache_size)
+        self._cache: dict = {}
         self._udp: list[socket.socket] = []
         self._tcp: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
@@ -105,9 +108,9 @@ class Server:
         return len(self._cache)
 
     # ------------------------------------------------------------------ UDP
-    def _cache_for(self, snap: Snapshot) -> LRUCache:
+    def _cache_for(self, snap: Snapshot) -> dict:
         if self._gen is not snap:                # a new snapshot is a new generation
-            self._cache = LRUCache(self.cache_size)
+            self._cache = {}
             self._gen = snap
         return self._cache
 
@@ -183,6 +186,8 @@ class Server:
         cell = self.stats.computed(packet, transport)
         self.stats.observe(perf_counter() - start)
         if cache is not None:
+            if len(cache) >= self.cache_size:
+                cache.clear()                    # bounded: a flood of one-off names cannot grow it
             cache[data[2:]] = (packet[2:], cell)
         return packet
 

@@ -218,3 +218,18 @@ def test_http_flag_errors_are_clear():
     assert server.proc.wait(30) == 2
     log = server.stop()
     assert "--lameduck: '-1': must be 0-3600 seconds" in log and "Traceback" not in log
+
+
+def test_packet_cache_stays_within_cache_size():
+    server = Kdns("--http", "127.0.0.1:0", "--reload", "0", "--cache-size", "3")
+    try:
+        port = http_port(server)
+        names = ["webapp", "nginx", "myapp", "mysql", "kubernetes"]
+        for _ in range(2):
+            for name in names:
+                resp = server.query(f"{name}.default.svc.cluster.local.")
+                assert resp.rcode() == 0 and resp.answer             # still right when evicting
+                assert value(scrape(port), "kdns_cache_entries") <= 3
+        assert value(scrape(port), "kdns_cache_entries") >= 1
+    finally:
+        server.stop()
