@@ -29,7 +29,7 @@ from time import perf_counter
 
 from kdns import answer as ans
 from kdns import wire
-from kdns.metrics import HITS, QueryStats
+from kdns.metrics import COMPUTED, HITS, QueryStats
 from kdns.snapshot import Holder, Snapshot
 
 log = logging.getLogger("kdns.server")
@@ -51,6 +51,7 @@ class Server:
         self.forwarder = forwarder
         self._gen: Snapshot | None = None
         self._cache: dict = {}
+        self._forward_memo: dict = {}           # query after ID -> (reply after ID, valid until, cell)
         self._udp: list[socket.socket] = []
         self._tcp: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
@@ -116,7 +117,9 @@ class Server:
 
     def _udp_loop(self, sock: socket.socket) -> None:
         recvfrom, sendto, holder = sock.recvfrom, sock.sendto, self.holder
-        forwarded = self.forwarder.cached if self.forwarder is not None else None
+        forwarded = self.forwarder.cached_until if self.forwarder is not None else None
+        clock = self.forwarder.clock if self.forwarder is not None else None
+        fmemo = self._forward_memo
         gen, cache = None, self._cache
         while True:
             try:
@@ -137,12 +140,26 @@ class Server:
                     pass
                 continue
             if forwarded is not None:
-                # A forwarding-cache hit: bytes patched in place, no dnslib, no thread hop.
+                # A forwarding-cache hit: no dnslib, no thread hop. The same question within the
+                # same second of the entry's life gets byte-identical TTLs, so the patched reply
+                # is memoised until then (exact: no TTL is ever served longer than it counts).
+                key = data[2:]
+                memo = fmemo.get(key)
+                if memo is not None and memo[1] > clock():
+                    memo[2][COMPUTED] += 1
+                    try:
+                        sendto(data[:2] + memo[0], addr)
+                    except OSError:
+                        pass
+                    continue
                 hit = forwarded(data)
                 if hit is not None:
-                    self.stats.computed(hit, "udp")
+                    packet, until = hit
+                    if len(fmemo) >= self.cache_size:
+                        fmemo.clear()
+                    fmemo[key] = (packet[2:], until, self.stats.computed(packet, "udp"))
                     try:
-                        sendto(hit, addr)
+                        sendto(packet, addr)
                     except OSError:
                         pass
                     continue
