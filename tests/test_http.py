@@ -14,7 +14,7 @@ import dns.rcode
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Kdns
+from conftest import Kdns, wait_for
 from kdns import http, metrics
 from kdns.config import Config
 from kdns.objects import Cluster
@@ -156,15 +156,6 @@ def test_ready_is_503_with_the_reason_until_synced():
     status = http.Status(lambda: build(Cluster(), Config(), synced=False), lambda: "endpointslices")
     assert status.not_ready() == \
         "not synced: waiting for the first full listing of the Kubernetes API (endpointslices)"
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
