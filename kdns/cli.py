@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import logging
 import signal
 import sys
@@ -170,6 +172,18 @@ def _forwarder(args, bound, cache_size, zones):
     return Forwarder(upstreams, cache_size, own_zones=zones)
 
 
+def _settle_memory() -> None:
+    """After the big initial load: hand freed heap back to the OS, and move everything that
+    lives on into the GC's permanent generation, so that no full collection ever walks the
+    whole zone again (a pause of ~100 ms per 10,000 services, taken by the UDP loop too)."""
+    gc.collect()
+    gc.freeze()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)     # glibc only; elsewhere RSS just stays higher
+    except (OSError, AttributeError):
+        pass
+
+
 def serve(args) -> int:
     from kdns.server import Server
     from kdns.snapshot import Store
@@ -204,6 +218,7 @@ def serve(args) -> int:
         if cluster is None:
             return 2
         store.reset(cluster, synced=True)
+        _settle_memory()
     server = Server(store.holder, config.listen, config.cache_size)
     try:
         bound = server.bind()
@@ -231,7 +246,7 @@ def serve(args) -> int:
         log.info("serving %s and the reverse zones from the API at %s", config.domain, source.host)
     else:
         log.info("serving %s and the reverse zones: %d services, %d namespaces, from %s",
-                 config.domain, len(cluster.services), len(cluster.namespaces),
+                 config.domain, len(store.cluster.services), len(store.cluster.namespaces),
                  ", ".join(str(p) for p in paths))
     for host, port in bound:
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -584,9 +584,17 @@ class Forwarder:
         return serve(entry, q, 65535 if tcp else min(q.udp_size, MAX_UDP_PAYLOAD), self.clock())
 
     def cached(self, query: bytes) -> bytes | None:
-        """The reply from the forwarding cache alone, else None: for the UDP loop, before any
-        other parsing. Only plain queries (QR=0, QUERY, EDNS version 0) for names outside
-        ``own_zones``; everything else takes the full path."""
+        """The reply from the forwarding cache alone, else None (see ``cached_until``)."""
+        hit = self.cached_until(query)
+        return hit[0] if hit is not None else None
+
+    def cached_until(self, query: bytes) -> tuple[bytes, float] | None:
+        """(reply, valid until) from the forwarding cache alone, else None: for the UDP loop,
+        before any other parsing. Only plain queries (QR=0, QUERY, EDNS version 0) for names
+        outside ``own_zones``; everything else takes the full path.
+
+        The reply's bytes stay exactly the same (TTLs count down in whole seconds) until the
+        ``clock()`` reading returned, so the caller may serve them again until then."""
         # QR=0, opcode QUERY, and no answer/authority records, at most one additional (the
         # OPT): anything the core would reject or look at twice goes the full way.
         if len(query) < 12 or query[2] & 0xF8 or query[6:10] != b"\x00\x00\x00\x00" \
@@ -603,7 +611,9 @@ class Forwarder:
         if entry is None:
             return None
         self.stats["hits"] += 1     # unlocked: a counter that may miss a beat, on the hot path
-        return serve(entry, q, min(q.udp_size, MAX_UDP_PAYLOAD), self.clock())
+        now = self.clock()
+        until = min(entry.stored + int(now - entry.stored) + 1, entry.stored + entry.lifetime)
+        return serve(entry, q, min(q.udp_size, MAX_UDP_PAYLOAD), now), until
 
     def resolve(self, name: str, qtype: int) -> tuple[int, tuple[Record, ...]]:
         """(rcode, answer RRs) for an ExternalName chase; SERVFAIL and () when no upstream answers."""

@@ -5,6 +5,11 @@ sent, EDNS), the value is the response after its ID, and the generation is the S
 (a new snapshot starts a new cache, so nothing is ever scanned or stale). A hit costs one dict
 lookup and one sendto; dnslib parses and packs only on a miss (design.md, measured table).
 
+The packet cache is a plain dict, not a cachetools LRU: an LRU hit costs ~0.25 µs more (its
+reordering), measured as 5-25% fewer QPS with dnsperf here. It stays bounded by --cache-size by
+starting over when full; hot names come back after one miss each, and every snapshot starts
+empty anyway. (The forwarding cache, with per-entry TTLs, is a cachetools TLRUCache.)
+
 Queries are counted in plain ints (kdns.metrics.QueryStats): a cache entry carries its stats
 cell, so a hit costs one more list increment and never a prometheus call or a lock.
 
@@ -22,11 +27,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
 
-from cachetools import LRUCache
-
 from kdns import answer as ans
 from kdns import wire
-from kdns.metrics import HITS, QueryStats
+from kdns.metrics import COMPUTED, HITS, QueryStats
 from kdns.snapshot import Holder, Snapshot
 
 log = logging.getLogger("kdns.server")
@@ -47,7 +50,8 @@ class Server:
         self.cache_size = max(1, cache_size)
         self.forwarder = forwarder
         self._gen: Snapshot | None = None
-        self._cache: LRUCache = LRUCache(self.cache_size)
+        self._cache: dict = {}
+        self._forward_memo: dict = {}           # query after ID -> (reply after ID, valid until, cell)
         self._udp: list[socket.socket] = []
         self._tcp: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
@@ -105,15 +109,17 @@ class Server:
         return len(self._cache)
 
     # ------------------------------------------------------------------ UDP
-    def _cache_for(self, snap: Snapshot) -> LRUCache:
+    def _cache_for(self, snap: Snapshot) -> dict:
         if self._gen is not snap:                # a new snapshot is a new generation
-            self._cache = LRUCache(self.cache_size)
+            self._cache = {}
             self._gen = snap
         return self._cache
 
     def _udp_loop(self, sock: socket.socket) -> None:
         recvfrom, sendto, holder = sock.recvfrom, sock.sendto, self.holder
-        forwarded = self.forwarder.cached if self.forwarder is not None else None
+        forwarded = self.forwarder.cached_until if self.forwarder is not None else None
+        clock = self.forwarder.clock if self.forwarder is not None else None
+        fmemo = self._forward_memo
         gen, cache = None, self._cache
         while True:
             try:
@@ -134,12 +140,26 @@ class Server:
                     pass
                 continue
             if forwarded is not None:
-                # A forwarding-cache hit: bytes patched in place, no dnslib, no thread hop.
+                # A forwarding-cache hit: no dnslib, no thread hop. The same question within the
+                # same second of the entry's life gets byte-identical TTLs, so the patched reply
+                # is memoised until then (exact: no TTL is ever served longer than it counts).
+                key = data[2:]
+                memo = fmemo.get(key)
+                if memo is not None and memo[1] > clock():
+                    memo[2][COMPUTED] += 1
+                    try:
+                        sendto(data[:2] + memo[0], addr)
+                    except OSError:
+                        pass
+                    continue
                 hit = forwarded(data)
                 if hit is not None:
-                    self.stats.computed(hit, "udp")
+                    packet, until = hit
+                    if len(fmemo) >= self.cache_size:
+                        fmemo.clear()
+                    fmemo[key] = (packet[2:], until, self.stats.computed(packet, "udp"))
                     try:
-                        sendto(hit, addr)
+                        sendto(packet, addr)
                     except OSError:
                         pass
                     continue
@@ -183,6 +203,8 @@ class Server:
         cell = self.stats.computed(packet, transport)
         self.stats.observe(perf_counter() - start)
         if cache is not None:
+            if len(cache) >= self.cache_size:
+                cache.clear()                    # bounded: a flood of one-off names cannot grow it
             cache[data[2:]] = (packet[2:], cell)
         return packet
 

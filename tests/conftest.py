@@ -19,6 +19,16 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 
 
+def wait_for(predicate, timeout: float = 15.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` passes (bounded; never a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 class Kdns:
     """A `kdns serve` subprocess; ``port`` is the UDP/TCP port it bound on ``listen``'s host.
 

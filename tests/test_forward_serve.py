@@ -261,3 +261,23 @@ def test_forwarded_queries_beyond_the_pending_bound_get_servfail_at_once(monkeyp
         srv.close()
         held.hold.set()
         held.close()
+
+
+def test_cached_forward_ttls_count_down_and_are_never_extended(kdns, upstream):
+    """The UDP loop memoises a forwarding-cache reply only while its TTLs stay the same."""
+    name = "www.example.com."
+    before = len(upstream.seen)
+    first = kdns.query(name, "A")
+    assert first.answer[0].ttl <= 300
+    ttls = [first.answer[0].ttl]
+    deadline = time.monotonic() + 3.5
+    while time.monotonic() < deadline and min(ttls) > ttls[0] - 2:
+        r = kdns.query(name, "A")
+        assert lines(r.answer)[0].endswith("IN A 192.0.2.53")
+        ttls.append(r.answer[0].ttl)
+        time.sleep(0.05)
+    assert ttls == sorted(ttls, reverse=True)           # never goes up
+    assert min(ttls) <= ttls[0] - 2                     # and does go down, a second at a time
+    assert all(a - b in (0, 1) for a, b in zip(ttls, ttls[1:]))
+    # Answered from the cache: at most one upstream question (none when an earlier test asked).
+    assert len([s for s in upstream.seen[before:] if s[1] == "www.example.com" and s[2] == "A"]) <= 1

@@ -14,7 +14,7 @@ import dns.rcode
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Kdns
+from conftest import Kdns, wait_for
 from kdns import http, metrics
 from kdns.config import Config
 from kdns.objects import Cluster
@@ -158,15 +158,6 @@ def test_ready_is_503_with_the_reason_until_synced():
         "not synced: waiting for the first full listing of the Kubernetes API (endpointslices)"
 
 
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_lameduck_not_ready_but_answering_then_exit_zero(sig):
     server = Kdns("--http", "127.0.0.1:0", "--lameduck", "3")
@@ -218,3 +209,18 @@ def test_http_flag_errors_are_clear():
     assert server.proc.wait(30) == 2
     log = server.stop()
     assert "--lameduck: '-1': must be 0-3600 seconds" in log and "Traceback" not in log
+
+
+def test_packet_cache_stays_within_cache_size():
+    server = Kdns("--http", "127.0.0.1:0", "--reload", "0", "--cache-size", "3")
+    try:
+        port = http_port(server)
+        names = ["webapp", "nginx", "myapp", "mysql", "kubernetes"]
+        for _ in range(2):
+            for name in names:
+                resp = server.query(f"{name}.default.svc.cluster.local.")
+                assert resp.rcode() == 0 and resp.answer             # still right when evicting
+                assert value(scrape(port), "kdns_cache_entries") <= 3
+        assert value(scrape(port), "kdns_cache_entries") >= 1
+    finally:
+        server.stop()

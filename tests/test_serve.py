@@ -16,7 +16,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from conftest import DATA, ROOT, Kdns
+from conftest import DATA, ROOT, Kdns, wait_for
 from test_vectors import section_lines
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -289,15 +289,6 @@ def test_app_manifests_skip_other_kinds_and_allocate_stable_ips():
         assert again.query("192-168-10-23.legacy-db.default.svc.cluster.local.").rcode() == dns.rcode.NXDOMAIN
     finally:
         again.stop()
-
-
-def wait_for(predicate, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_reload_applies_good_changes_and_keeps_last_good_data(tmp_path):
