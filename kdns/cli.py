@@ -116,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also publish not-ready endpoints of Services with publishNotReadyAddresses")
     s.add_argument("--pod-ip", default="", metavar="IP",
                    help="this server's pod IP: the Service whose endpoints hold it is the apex NS")
-    s.add_argument("--cache-size", type=int, default=10000, metavar="N",
+    s.add_argument("--cache-size", type=int, default=20000, metavar="N",
                    help="entries in the packet cache and, separately, in the forwarding cache "
-                        "(default 10000)")
+                        "(default 20000)")
     add_forward_args(s)
     s.add_argument("--reload", type=float, default=2.0, metavar="SECONDS",
                    help="poll manifests for changes this often; 0 disables (default 2)")

@@ -68,7 +68,7 @@ class Config:
     pod_ip: str = ""
     ns_addresses: tuple[str, ...] = field(default=())
     upstreams: tuple[tuple[str, int], ...] = ()
-    cache_size: int = 10000
+    cache_size: int = 20000
 
     def __post_init__(self) -> None:
         if not 0 <= self.ttl <= 3600:
