@@ -12,7 +12,7 @@ import threading
 import time
 
 from kdns import __version__, envcli
-from kdns.config import Config, ConfigError, normalize_zone, parse_hostport
+from kdns.config import Config, ConfigError, add_source_args, normalize_zone, parse_hostport, uses_api
 from kdns.forward import ForwardConfigError
 from kdns.sources import manifests
 
@@ -50,29 +50,6 @@ def add_ops_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lameduck", type=_seconds, default=5.0, metavar="SECONDS",
                    help="after SIGTERM or SIGINT, report not ready but keep answering DNS this long, "
                         "then exit 0; a second signal ends it at once (default 5)")
-
-
-def add_source_args(p: argparse.ArgumentParser) -> None:
-    """Where the cluster comes from; shared by `serve` and `env`."""
-    p.add_argument("--manifests", action="append", default=[], metavar="PATH",
-                   help="manifest file or directory (*.yaml, *.yml, *.json, recursive); repeatable; "
-                        "default: the embedded example cluster (zones/)")
-    p.add_argument("--service-cidr", default="10.96.0.0/12", metavar="CIDR",
-                   help="range for Services whose manifest has no clusterIP (default 10.96.0.0/12)")
-    api = p.add_argument_group("live cluster (instead of --manifests)")
-    api.add_argument("--kubeconfig", metavar="PATH",
-                     help="list and watch the API of this kubeconfig's cluster (default resolution: "
-                          "$KUBECONFIG, then ~/.kube/config, when --context is given)")
-    api.add_argument("--context", metavar="NAME", help="kubeconfig context to use (default: current)")
-    api.add_argument("--in-cluster", action="store_true",
-                     help="use the pod's service account (KUBERNETES_SERVICE_HOST, token, CA)")
-    api.add_argument("--api-timeout", type=float, default=90.0, metavar="SECONDS",
-                     help="client read timeout on API requests, so a dead connection is noticed "
-                          "(default 90; bookmarks keep healthy watches talking)")
-
-
-def uses_api(args) -> bool:
-    return bool(args.kubeconfig or args.context or args.in_cluster)
 
 
 def cluster_source(args, sink, pods: bool):

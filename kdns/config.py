@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -89,3 +90,28 @@ class Config:
     def zones(self) -> tuple[str, ...]:
         """Served zones, longest first, so the longest match wins."""
         return tuple(sorted((self.domain, *REVERSE_ZONES), key=len, reverse=True))
+
+
+def add_source_args(p: argparse.ArgumentParser, *, watch: bool = True) -> None:
+    """Where the cluster comes from: the same flags for `serve` and `env` (``watch``: the
+    long-lived watch's own knobs too)."""
+    p.add_argument("--manifests", action="append", default=[], metavar="PATH",
+                   help="manifest file or directory (*.yaml, *.yml, *.json, recursive); repeatable; "
+                        "default: the embedded example cluster (zones/)")
+    p.add_argument("--service-cidr", default="10.96.0.0/12", metavar="CIDR",
+                   help="range for Services whose manifest has no clusterIP (default 10.96.0.0/12)")
+    api = p.add_argument_group("live cluster (instead of --manifests)")
+    api.add_argument("--kubeconfig", metavar="PATH",
+                     help="list and watch the API of this kubeconfig's cluster (default resolution: "
+                          "$KUBECONFIG, then ~/.kube/config, when --context is given)")
+    api.add_argument("--context", metavar="NAME", help="kubeconfig context to use (default: current)")
+    api.add_argument("--in-cluster", action="store_true",
+                     help="use the pod's service account (KUBERNETES_SERVICE_HOST, token, CA)")
+    if watch:
+        api.add_argument("--api-timeout", type=float, default=90.0, metavar="SECONDS",
+                         help="client read timeout on API requests, so a dead connection is noticed "
+                              "(default 90; bookmarks keep healthy watches talking)")
+
+
+def uses_api(args) -> bool:
+    return bool(args.kubeconfig or args.context or args.in_cluster)

@@ -17,6 +17,7 @@ import sys
 from typing import Any, Sequence
 
 from kdns import env
+from kdns.config import add_source_args, uses_api
 from kdns.objects import Cluster, EnvVar, FieldError, pod_from_dict
 from kdns.sources import manifests
 
@@ -43,15 +44,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                "sorted by name. Warnings (collisions, unknown namespace) go to stderr.")
     p.add_argument("--namespace", "-n", metavar="NS",
                    help="the pod's namespace (default: the --pod file's, else 'default')")
-    p.add_argument("--manifests", action="append", metavar="PATH",
-                   help="manifest file or directory, repeatable (default: the embedded zones/)")
-    p.add_argument("--service-cidr", default="10.96.0.0/12", metavar="CIDR",
-                   help="where Services without a clusterIP get theirs, as in `kdns serve` "
-                        "(default 10.96.0.0/12)")
-    p.add_argument("--kubeconfig", metavar="PATH", help="read Services from a live cluster")
-    p.add_argument("--context", metavar="NAME", help="kubeconfig context (implies the API source)")
-    p.add_argument("--in-cluster", action="store_true",
-                   help="read Services from the API with the pod's service account")
+    add_source_args(p, watch=False)
     p.add_argument("--pod", metavar="FILE",
                    help="a Pod manifest: namespace, enableServiceLinks and the container's env")
     p.add_argument("--container", metavar="NAME", help="which container of --pod")
@@ -129,7 +122,7 @@ def _cluster(args: argparse.Namespace) -> Cluster:
         net = ipaddress.ip_network(args.service_cidr, strict=False)
     except ValueError:
         raise UsageError(f"--service-cidr {args.service_cidr!r}: not a CIDR") from None
-    api = bool(args.kubeconfig or args.context or args.in_cluster)
+    api = uses_api(args)
     if api:
         if args.manifests:
             raise UsageError("--manifests and --kubeconfig/--context/--in-cluster are two "
