@@ -37,10 +37,13 @@ import cachetools
 from kdns import answer as ans
 from kdns import wire
 from kdns.config import MAX_UDP_PAYLOAD
+from kdns.metrics import FORWARDS
 
 log = logging.getLogger("kdns.forward")
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, REFUSED = 0, 1, 2, 3, 5
+RCODE_NAMES = {NOERROR: "NOERROR", FORMERR: "FORMERR", SERVFAIL: "SERVFAIL", NXDOMAIN: "NXDOMAIN",
+               4: "NOTIMP", REFUSED: "REFUSED"}
 T_A, T_NS, T_CNAME, T_SOA, T_PTR, T_HINFO, T_MX, T_AAAA, T_SRV, T_DNAME, T_OPT = (
     1, 2, 5, 6, 12, 13, 15, 28, 33, 39, 41)
 C_IN = 1
@@ -744,13 +747,14 @@ class Forwarder:
                         reply = self._tcp(up, msg, qid, max(0.05, min(self.timeout, remaining)))
                 entry = normalise(reply, self.clock())
             except socket.timeout as e:
-                self._failed(i, e)
+                self._failed(i, e, "timeout")
                 turn += 1
                 continue
             except (OSError, WireError) as e:
-                self._failed(i, e)
+                self._failed(i, e, "error")
                 rotation.remove(i)
                 continue
+            FORWARDS.labels(_fmt(*up), RCODE_NAMES.get(entry.rcode, str(entry.rcode))).inc()
             if entry.rcode in (SERVFAIL, REFUSED, FORMERR):
                 # This upstream cannot help (lame, misconfigured, overloaded): try the next one.
                 self._failed(i, f"rcode {entry.rcode}")
@@ -760,7 +764,9 @@ class Forwarder:
             return entry
         return None
 
-    def _failed(self, i: int, why) -> None:
+    def _failed(self, i: int, why, result: str | None = None) -> None:
+        if result is not None:                   # an rcode was already counted by the caller
+            FORWARDS.labels(_fmt(*self.upstreams[i]), result).inc()
         self._count("upstream_failures")
         log.debug("upstream %s failed: %s", _fmt(*self.upstreams[i]), why)
         self._down_until[i] = self.clock() + DOWN_SECONDS

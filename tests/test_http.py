@@ -224,3 +224,22 @@ def test_packet_cache_stays_within_cache_size():
         assert value(scrape(port), "kdns_cache_entries") >= 1
     finally:
         server.stop()
+
+
+def test_forwards_are_counted_by_upstream_and_result():
+    from dnsstub import Stub
+
+    upstream = Stub(["www.example.com. 300 IN A 192.0.2.53"])
+    server = Kdns("--http", "127.0.0.1:0", "--reload", "0", "--upstream", f"127.0.0.1:{upstream.port}")
+    try:
+        port = http_port(server)
+        who = f"127.0.0.1:{upstream.port}"
+        for _ in range(3):                                    # one upstream exchange, then cached
+            assert server.query("www.example.com.").answer[0][0].address == "192.0.2.53"
+        assert server.query("nosuch.example.com.").rcode() == 3
+        families = scrape(port)
+        assert value(families, "kdns_forwards_total", upstream=who, result="NOERROR") == 1
+        assert value(families, "kdns_forwards_total", upstream=who, result="NXDOMAIN") >= 1
+    finally:
+        server.stop()
+        upstream.close()
