@@ -161,6 +161,27 @@ def _settle_memory() -> None:
         pass
 
 
+class _SettleAfterFirstSync:
+    """The Store as the API source's Sink, settling memory once the first full listing is in
+    (the API counterpart of what serve does after loading manifests)."""
+
+    def __init__(self, store):
+        self.store = store
+        self.settled = False
+
+    def reset(self, cluster, synced: bool = True) -> None:
+        self.store.reset(cluster, synced)
+        if synced and not self.settled:
+            self.settled = True
+            _settle_memory()
+
+    def apply(self, op, obj) -> None:
+        self.store.apply(op, obj)
+
+    def set_synced(self, synced: bool) -> None:
+        self.store.set_synced(synced)
+
+
 def serve(args) -> int:
     from kdns.server import Server
     from kdns.snapshot import Store
@@ -185,7 +206,7 @@ def serve(args) -> int:
     if uses_api(args):
         from kdns.sources.cluster import ClusterError
         try:
-            source = cluster_source(args, store, pods=config.pods == "verified")
+            source = cluster_source(args, _SettleAfterFirstSync(store), pods=config.pods == "verified")
         except ClusterError as exc:
             print(f"kdns: {exc}", file=sys.stderr)
             return 2
