@@ -12,7 +12,8 @@ import threading
 import time
 
 from kdns import __version__, envcli
-from kdns.config import Config, ConfigError, add_source_args, normalize_zone, parse_hostport, uses_api
+from kdns.config import (Config, ConfigError, add_source_args, format_hostport, normalize_zone,
+                         parse_hostport, uses_api)
 from kdns.forward import ForwardConfigError
 from kdns.sources import manifests
 
@@ -145,7 +146,7 @@ def _forwarder(args, bound, cache_size, zones):
         log.warning("no upstream resolvers: names outside the cluster zones get REFUSED")
         return None
     log.info("forwarding other names to %s",
-             ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in upstreams))
+             ", ".join(format_hostport(h, p) for h, p in upstreams))
     return Forwarder(upstreams, cache_size, own_zones=zones)
 
 
@@ -247,8 +248,7 @@ def serve(args) -> int:
                  config.domain, len(store.cluster.services), len(store.cluster.namespaces),
                  ", ".join(str(p) for p in paths))
     for host, port in bound:
-        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        log.info("listening on %s (udp, tcp)", shown)
+        log.info("listening on %s (udp, tcp)", format_hostport(host, port))
     looped: list[str] = []
     if server.forwarder is not None:
         # Like CoreDNS's loop plugin: a forwarding loop is fatal, loudly, rather than a slow
@@ -289,11 +289,10 @@ def _start_http(args, server, holder, waiting_for=None):
     try:
         host, port = web.start()
     except OSError as exc:
-        print(f"kdns: cannot serve http on {args.http[0]}:{args.http[1]}: {exc.strerror or exc}",
+        print(f"kdns: cannot serve http on {format_hostport(*args.http)}: {exc.strerror or exc}",
               file=sys.stderr)
         return None, None
-    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    log.info("http on %s (/health, /ready, /metrics)", shown)
+    log.info("http on %s (/health, /ready, /metrics)", format_hostport(host, port))
     return status, web
 
 

@@ -40,6 +40,11 @@ def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
     return host, port
 
 
+def format_hostport(host: str, port: int) -> str:
+    """The inverse of parse_hostport: IPv6 hosts in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _port(text: str, whole: str) -> int:
     if not text.isdigit() or not 0 <= int(text) <= 65535:
         raise ConfigError(f"{whole!r}: port must be 0-65535")
@@ -68,7 +73,6 @@ class Config:
     # this pod IP is the nameserver; without one, ns.dns.<zone> with the listen addresses.
     pod_ip: str = ""
     ns_addresses: tuple[str, ...] = field(default=())
-    upstreams: tuple[tuple[str, int], ...] = ()
     cache_size: int = 20000
 
     def __post_init__(self) -> None:

@@ -36,7 +36,7 @@ import cachetools
 
 from kdns import answer as ans
 from kdns import wire
-from kdns.config import MAX_UDP_PAYLOAD
+from kdns.config import MAX_UDP_PAYLOAD, format_hostport as _fmt
 from kdns.metrics import FORWARDS
 
 log = logging.getLogger("kdns.forward")
@@ -527,10 +527,6 @@ def choose_upstreams(explicit: Sequence[tuple[str, int]], resolv_conf: str,
             "address, which would be a forwarding loop; give a real resolver with --upstream "
             "HOST[:PORT]")
     return chosen
-
-
-def _fmt(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # ---------------------------------------------------------------------------------------------

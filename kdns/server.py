@@ -132,7 +132,8 @@ class Server:
             snap = holder.current
             if snap is not gen:
                 gen, cache = snap, self._cache_for(snap)
-            hit = cache.get(data[2:])
+            key = data[2:]
+            hit = cache.get(key)
             if hit is not None:
                 hit[1][HITS] += 1                # (response after the ID, its stats cell)
                 try:
@@ -144,7 +145,6 @@ class Server:
                 # A forwarding-cache hit: no dnslib, no thread hop. The same question within the
                 # same second of the entry's life gets byte-identical TTLs, so the patched reply
                 # is memoised until then (exact: no TTL is ever served longer than it counts).
-                key = data[2:]
                 memo = fmemo.get(key)
                 if memo is not None and memo[1] > clock():
                     memo[2][COMPUTED] += 1

@@ -282,13 +282,6 @@ class Store:
             self._apply(op, obj)
             self._publish()
 
-    def apply_many(self, events) -> None:
-        """Several events, one published snapshot (a burst of watch events)."""
-        with self._lock:
-            for op, obj in events:
-                self._apply(op, obj)
-            self._publish()
-
     def set_synced(self, synced: bool) -> None:
         with self._lock:
             self._synced = synced
