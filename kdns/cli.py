@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-size", type=int, default=20000, metavar="N",
                    help="entries in the packet cache and, separately, in the forwarding cache "
                         "(default 20000)")
+    s.add_argument("--udp-batch", type=int, default=64, metavar="N",
+                   help="UDP datagrams per recvmmsg/sendmmsg call (default 64); 1 = one "
+                        "recvfrom/sendto per query, the loop used where recvmmsg is missing")
     add_forward_args(s)
     s.add_argument("--reload", type=float, default=2.0, metavar="SECONDS",
                    help="poll manifests for changes this often; 0 disables (default 2)")
@@ -122,7 +125,8 @@ def _config(args) -> Config:
     return Config(domain=normalize_zone(args.domain), ttl=args.ttl, pods=args.pods,
                   endpoint_pod_names=args.endpoint_pod_names, publish_not_ready=args.publish_not_ready,
                   listen=listen, service_cidr=args.service_cidr, pod_ip=args.pod_ip,
-                  ns_addresses=ns_addresses, cache_size=args.cache_size)
+                  ns_addresses=ns_addresses, cache_size=args.cache_size,
+                  udp_batch=args.udp_batch)
 
 
 def _load_manifests(paths, service_cidr):
@@ -218,7 +222,7 @@ def serve(args) -> int:
             return 2
         store.reset(cluster, synced=True)
         _settle_memory()
-    server = Server(store.holder, config.listen, config.cache_size)
+    server = Server(store.holder, config.listen, config.cache_size, batch=config.udp_batch)
     try:
         bound = server.bind()
     except OSError as exc:

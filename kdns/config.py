@@ -74,8 +74,11 @@ class Config:
     pod_ip: str = ""
     ns_addresses: tuple[str, ...] = field(default=())
     cache_size: int = 20000
+    udp_batch: int = 64
 
     def __post_init__(self) -> None:
+        if not 1 <= self.udp_batch <= 1024:
+            raise ConfigError(f"--udp-batch {self.udp_batch}: must be 1-1024")
         if not 0 <= self.ttl <= 3600:
             raise ConfigError(f"--ttl {self.ttl}: must be 0-3600")
         if self.pods not in PODS_MODES:

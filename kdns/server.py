@@ -3,7 +3,7 @@
 The hot path is a packet cache: the key is the query after its 2-byte ID (flags, question as
 sent, EDNS), the value is the response after its ID, and the generation is the Snapshot itself
 (a new snapshot starts a new cache, so nothing is ever scanned or stale). A hit costs one dict
-lookup and one sendto; dnslib parses and packs only on a miss (design.md, measured table).
+lookup and a slot in the next sendmmsg; dnslib parses and packs only on a miss (design.md, measured table).
 
 The packet cache is a plain dict, not a cachetools LRU: an LRU hit costs ~0.25 µs more (its
 reordering), measured as 5-25% fewer QPS with dnsperf here. It stays bounded by --cache-size by
@@ -13,9 +13,13 @@ snapshot starts empty anyway. (The forwarding cache, with per-entry TTLs, is a c
 Queries are counted in plain ints (kdns.metrics.QueryStats): a cache entry carries its stats
 cell, so a hit costs one more list increment and never a prometheus call or a lock.
 
-Each UDP socket has its own thread running a blocking recvfrom/sendto loop (as fast as uvloop
-here, and it keeps watch JSON and HTTP off the loop's thread). Anything that waits on the network
-(forwarding, ExternalName chases) goes to a worker pool so the loop never blocks.
+Each UDP socket has its own thread (it keeps watch JSON and HTTP off the loop's thread) running
+a blocking loop that takes up to --udp-batch queries per recvmmsg and sends their answers with one
+sendmmsg (kdns.mmsg): the socket wrappers of a recvfrom/sendto loop cost CPython ~2 µs per query,
+more than everything else on the hit path, and batching measured 1.4x its QPS here. Where recvmmsg
+is missing (not Linux, 32-bit) the loop is one recvfrom/sendto per query, as fast as uvloop.
+Anything that waits on the network (forwarding, ExternalName chases) goes to a worker pool so the
+loop never blocks; its answer goes out with a plain sendto.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
 
 from kdns import answer as ans
-from kdns import wire
+from kdns import mmsg, wire
 from kdns.metrics import COMPUTED, HITS, QueryStats
 from kdns.snapshot import Holder, Snapshot
 
@@ -45,8 +49,9 @@ MAX_PENDING_FORWARDS = 1000
 
 class Server:
     def __init__(self, holder: Holder, listen: tuple[tuple[str, int], ...], cache_size: int = 20000,
-                 forwarder=None):
+                 forwarder=None, batch: int = 64):
         self.holder = holder
+        self.batch = max(1, min(batch, 1024))   # datagrams per recvmmsg/sendmmsg; 1 = recvfrom
         self.listen = listen
         self.cache_size = max(1, cache_size)
         self.forwarder = forwarder
@@ -86,8 +91,9 @@ class Server:
         return bound
 
     def start(self) -> None:
+        loop = self._udp_batch_loop if self.batch > 1 and mmsg.available() else self._udp_loop
         for sock in self._udp:
-            self._spawn(self._udp_loop, sock, f"kdns-udp-{sock.getsockname()[1]}")
+            self._spawn(loop, sock, f"kdns-udp-{sock.getsockname()[1]}")
         for sock in self._tcp:
             self._spawn(self._tcp_accept, sock, f"kdns-tcp-{sock.getsockname()[1]}")
 
@@ -117,10 +123,8 @@ class Server:
         return self._cache
 
     def _udp_loop(self, sock: socket.socket) -> None:
+        """One recvfrom and one sendto per query: the portable loop (and --udp-batch 1)."""
         recvfrom, sendto, holder = sock.recvfrom, sock.sendto, self.holder
-        forwarded = self.forwarder.cached_until if self.forwarder is not None else None
-        clock = self.forwarder.clock if self.forwarder is not None else None
-        fmemo = self._forward_memo
         gen, cache = None, self._cache
         while True:
             try:
@@ -132,44 +136,105 @@ class Server:
             snap = holder.current
             if snap is not gen:
                 gen, cache = snap, self._cache_for(snap)
-            key = data[2:]
-            hit = cache.get(key)
+            hit = cache.get(data[2:])
             if hit is not None:
                 hit[1][HITS] += 1                # (response after the ID, its stats cell)
-                try:
-                    sendto(data[:2] + hit[0], addr)
-                except OSError:
-                    pass
-                continue
-            if forwarded is not None:
-                # A forwarding-cache hit: no dnslib, no thread hop. The same question within the
-                # same second of the entry's life gets byte-identical TTLs, so the patched reply
-                # is memoised until then (exact: no TTL is ever served longer than it counts).
-                memo = fmemo.get(key)
-                if memo is not None and memo[1] > clock():
-                    memo[2][COMPUTED] += 1
-                    try:
-                        sendto(data[:2] + memo[0], addr)
-                    except OSError:
-                        pass
-                    continue
-                hit = forwarded(data)
-                if hit is not None:
-                    packet, until = hit
-                    if len(fmemo) >= self.cache_size:
-                        _evict_oldest(fmemo)
-                    fmemo[key] = (packet[2:], until, self.stats.computed(packet, "udp"))
-                    try:
-                        sendto(packet, addr)
-                    except OSError:
-                        pass
+                packet = data[:2] + hit[0]
+            else:
+                packet = self._udp_miss(sock, data, snap, cache, lambda a=addr: a)
+                if packet is None:
                     continue
             try:
-                packet = self._respond(data, snap, cache, tcp=False, reply=lambda p, a=addr: sendto(p, a))
-                if packet is not None:
-                    sendto(packet, addr)
-            except Exception:                    # a bad packet must never kill the loop
-                log.exception("internal error answering a UDP query")
+                sendto(packet, addr)
+            except OSError:
+                pass
+
+    def _udp_batch_loop(self, sock: socket.socket) -> None:
+        """The same as _udp_loop, up to --udp-batch queries per recvmmsg and answers per
+        sendmmsg (kdns.mmsg): the queries are read out of, and the answers written into, the
+        batch's arena; a query without an answer to send now (dropped, or forwarded and
+        answered later from a worker) splits the sendmmsg run around it."""
+        batch = mmsg.Batch(sock, self.batch)
+        view, lengths, out_lengths, peer = batch.view, batch.lengths, batch.out_lengths, batch.peer
+        recv, send, slot, first_rx = batch.recv, batch.send, mmsg.SLOT, batch.rx_offset(0)
+        step = 2 * slot                          # slot i: the query, then room for its answer
+        holder, stopping = self.holder, self._stopping.is_set
+        gen, cache = None, self._cache
+        while True:
+            try:
+                n = recv()
+            except OSError:
+                if stopping():
+                    return
+                continue
+            if stopping():
+                return                           # shutdown() wakes recvmmsg with empty datagrams
+            snap = holder.current                # one snapshot for the whole batch
+            if snap is not gen:
+                gen, cache = snap, self._cache_for(snap)
+            first, i, rx = 0, -1, first_rx - step
+            for size in lengths[:n].tolist():
+                i += 1
+                rx += step
+                tx = rx + slot
+                hit = cache.get(view[rx + 2:rx + size].tobytes())
+                if hit is not None:
+                    hit[1][HITS] += 1
+                    body = hit[0]
+                    end = tx + 2 + len(body)
+                    view[tx:tx + 2] = view[rx:rx + 2]
+                    view[tx + 2:end] = body
+                else:
+                    packet = self._udp_miss(sock, view[rx:rx + size].tobytes(), snap, cache,
+                                            lambda i=i: peer(i))
+                    if packet is None or len(packet) > slot:
+                        if packet is not None:
+                            self._udp_send(sock, packet, peer(i))
+                        if i > first:
+                            send(first, i - first)
+                        first = i + 1
+                        continue
+                    end = tx + len(packet)
+                    view[tx:end] = packet
+                out_lengths[i] = end - tx
+            if n > first:
+                send(first, n - first)
+
+    def _udp_miss(self, sock, data: bytes, snap: Snapshot, cache, peer) -> bytes | None:
+        """A query the packet cache does not hold: the forwarding cache (no dnslib, no thread
+        hop), else the full path. ``peer()`` gives the sender, asked for only when an answer
+        may come later from a worker. Returns the packet to send now, or None."""
+        forwarder = self.forwarder
+        if forwarder is not None:
+            # The same question within the same second of a forwarding-cache entry's life gets
+            # byte-identical TTLs, so the patched reply is memoised until then (exact: no TTL is
+            # ever served longer than it counts).
+            key = data[2:]
+            memo = self._forward_memo.get(key)
+            if memo is not None and memo[1] > forwarder.clock():
+                memo[2][COMPUTED] += 1
+                return data[:2] + memo[0]
+            hit = forwarder.cached_until(data)
+            if hit is not None:
+                packet, until = hit
+                if len(self._forward_memo) >= self.cache_size:
+                    _evict_oldest(self._forward_memo)
+                self._forward_memo[key] = (packet[2:], until, self.stats.computed(packet, "udp"))
+                return packet
+        addr = peer()
+        try:
+            return self._respond(data, snap, cache, tcp=False,
+                                 reply=lambda p: self._udp_send(sock, p, addr))
+        except Exception:                        # a bad packet must never kill the loop
+            log.exception("internal error answering a UDP query")
+            return None
+
+    @staticmethod
+    def _udp_send(sock: socket.socket, packet: bytes, addr) -> None:
+        try:
+            sock.sendto(packet, addr)
+        except OSError:
+            pass
 
     # ------------------------------------------------------------------ the miss path
     def _respond(self, data: bytes, snap: Snapshot, cache, tcp: bool, reply) -> bytes | None:
