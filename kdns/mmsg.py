@@ -5,13 +5,14 @@ wrappers alone (the bytes object and address tuple recvfrom builds, inet_ntop, s
 parsing, two GIL round trips), against ~0.3 µs for the packet-cache lookup. Receiving up to
 ``size`` queries with one recvmmsg and sending their answers with one sendmmsg, through a fixed
 arena the kernel reads and writes in place, measured ~0.8 µs per query and 1.4x the QPS of that
-loop here (docs/bench.md). Nothing here knows DNS: the server reads query bytes out of ``view``
+loop here (docs/bench.md). Nothing here knows DNS: the server reads query bytes out of ``slots``
 and writes answers back into it.
 
 The arena: ``size`` receive headers, ``size`` send headers, their iovecs, one sockaddr per
-message (the kernel writes the sender there on receive; the send header of the same index
-points at it, so an answer goes back to whoever asked), then a receive slot and a send slot of
-``SLOT`` bytes per message, side by side (``rx_offset(i)``, ``rx_offset(i) + SLOT``).
+message, then one slot of ``SLOT`` bytes per message. Receive and send header i share slot i
+and sockaddr i: the kernel writes the sender into the sockaddr and the query into the slot; the
+server overwrites the query with its answer and sets ``out_lengths[i]``; sendmmsg sends it from
+the slot to that sockaddr, so an answer always goes back to whoever asked.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def available() -> bool:
 
 
 class Batch:
-    """One socket's arena. ``recv()`` fills receive slots 0..n-1 (``lengths[i]`` bytes each);
-    the caller writes answers into the send slots, sets ``out_lengths[i]`` and calls
+    """One socket's arena. ``recv()`` fills slots 0..n-1 (``lengths[i]`` bytes each); the
+    caller writes each answer into its query's slot, sets ``out_lengths[i]`` and calls
     ``send(first, count)`` for each run of answered slots."""
 
     def __init__(self, sock: socket.socket, size: int = 64):
@@ -66,8 +67,8 @@ class Batch:
         rx_headers, tx_headers = 0, size * MMSGHDR
         iovecs = 2 * size * MMSGHDR
         self._names = names = iovecs + 2 * size * IOVEC
-        self.rx = slots = names + size * SOCKADDR
-        arena = (ctypes.c_char * (slots + 2 * size * SLOT))()
+        first_slot = names + size * SOCKADDR
+        arena = (ctypes.c_char * (first_slot + size * SLOT))()
         self._arena = arena
         base = ctypes.addressof(arena)
         self._rx_headers, self._tx_headers = base + rx_headers, base + tx_headers
@@ -75,23 +76,20 @@ class Batch:
         words, ints = view.cast("Q"), view.cast("I")
         namelen = NAMELEN[sock.family]
         for i in range(size):
-            for header, iovec, slot, length in ((rx_headers, iovecs, self.rx_offset(i), SOCKADDR),
-                                                (tx_headers, iovecs + size * IOVEC,
-                                                 self.rx_offset(i) + SLOT, namelen)):
+            for header, iovec, length in ((rx_headers, iovecs, SOCKADDR),
+                                          (tx_headers, iovecs + size * IOVEC, namelen)):
                 h, v = (header + i * MMSGHDR) // 8, (iovec + i * IOVEC) // 8
                 words[h] = base + names + i * SOCKADDR      # msg_name
                 ints[h * 2 + 2] = length                    # msg_namelen
                 words[h + 2] = base + iovec + i * IOVEC     # msg_iov
                 words[h + 3] = 1                            # msg_iovlen
-                words[v] = base + slot                      # iov_base
+                words[v] = base + first_slot + i * SLOT     # iov_base
                 words[v + 1] = SLOT                         # iov_len
-        # msg_len of each receive header; iov_len of each send iovec
+        # slot i is slots[i * SLOT:(i + 1) * SLOT]; msg_len of each receive header; iov_len of
+        # each send iovec
+        self.slots = view[first_slot:]
         self.lengths = ints[(rx_headers + 56) // 4:tx_headers // 4:MMSGHDR // 4]
         self.out_lengths = words[(iovecs + size * IOVEC + 8) // 8:names // 8:IOVEC // 8]
-
-    def rx_offset(self, i: int) -> int:
-        """Where receive slot i starts in ``view``; its send slot follows at + SLOT."""
-        return self.rx + i * 2 * SLOT
 
     def recv(self) -> int:
         """Block until at least one datagram is queued; take up to ``size``. Returns how many."""
@@ -115,7 +113,7 @@ class Batch:
                 first += 1
 
     def peer(self, i: int) -> tuple:
-        """The sender of receive slot i, as the (host, port[, flowinfo, scope]) sendto takes."""
+        """The sender of slot i, as the (host, port[, flowinfo, scope]) sendto takes."""
         off = self._names + i * SOCKADDR
         name = self.view[off:off + SOCKADDR].tobytes()
         port = int.from_bytes(name[2:4], "big")

@@ -151,15 +151,14 @@ class Server:
 
     def _udp_batch_loop(self, sock: socket.socket) -> None:
         """The same as _udp_loop, up to --udp-batch queries per recvmmsg and answers per
-        sendmmsg (kdns.mmsg): the queries are read out of, and the answers written into, the
-        batch's arena; a query without an answer to send now (dropped, or forwarded and
-        answered later from a worker) splits the sendmmsg run around it."""
+        sendmmsg (kdns.mmsg). Each answer is written over its own query in the arena, after
+        the ID it shares with it, and sent from there; a query without an answer to send now
+        (dropped, or forwarded and answered later from a worker) splits the sendmmsg run."""
         batch = mmsg.Batch(sock, self.batch)
-        view, lengths, out_lengths, peer = batch.view, batch.lengths, batch.out_lengths, batch.peer
-        recv, send, slot, first_rx = batch.recv, batch.send, mmsg.SLOT, batch.rx_offset(0)
-        step = 2 * slot                          # slot i: the query, then room for its answer
+        view, lengths, out_lengths, peer = batch.slots, batch.lengths, batch.out_lengths, batch.peer
+        recv, send, slot, hits = batch.recv, batch.send, mmsg.SLOT, HITS
         holder, stopping = self.holder, self._stopping.is_set
-        gen, cache = None, self._cache
+        gen, lookup = None, None
         while True:
             try:
                 n = recv()
@@ -172,20 +171,18 @@ class Server:
             snap = holder.current                # one snapshot for the whole batch
             if snap is not gen:
                 gen, cache = snap, self._cache_for(snap)
-            first, i, rx = 0, -1, first_rx - step
+                lookup = cache.get
+            first, i, at = 0, -1, -slot
             for size in lengths[:n].tolist():
                 i += 1
-                rx += step
-                tx = rx + slot
-                hit = cache.get(view[rx + 2:rx + size].tobytes())
+                at += slot
+                hit = lookup(view[at + 2:at + size].tobytes())
                 if hit is not None:
-                    hit[1][HITS] += 1
-                    body = hit[0]
-                    end = tx + 2 + len(body)
-                    view[tx:tx + 2] = view[rx:rx + 2]
-                    view[tx + 2:end] = body
+                    hit[1][hits] += 1            # (response after the ID, its stats cell)
+                    end = at + 2 + len(hit[0])
+                    view[at + 2:end] = hit[0]
                 else:
-                    packet = self._udp_miss(sock, view[rx:rx + size].tobytes(), snap, cache,
+                    packet = self._udp_miss(sock, view[at:at + size].tobytes(), snap, cache,
                                             lambda i=i: peer(i))
                     if packet is None or len(packet) > slot:
                         if packet is not None:
@@ -194,9 +191,9 @@ class Server:
                             send(first, i - first)
                         first = i + 1
                         continue
-                    end = tx + len(packet)
-                    view[tx:end] = packet
-                out_lengths[i] = end - tx
+                    end = at + len(packet)
+                    view[at:end] = packet
+                out_lengths[i] = end - at
             if n > first:
                 send(first, n - first)
 

@@ -3,7 +3,8 @@
 Generates a cluster, starts each server in turn on a 127.0.0.1 high port with the same records,
 runs dnsperf (bounded by -l) for every workload, and prints one table plus the kdns/peer ratios;
 then starts kdns alone at 1k and 10k services to report memory, start-to-ready time, and how long
-a manifest change takes to show in answers. See docs/bench.md.
+a manifest change takes to show in answers; then kdns on the in-repo fake API server for the
+watch source's start-to-ready, memory and event-to-answer latency. See docs/bench.md.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kdns.bench import check, cluster as gen, dnsperf, report, servers, workloads
+from kdns.bench import check, cluster as gen, dnsperf, report, servers, watch, workloads
 from kdns.bench.servers import Running, Unavailable
 
 SERVERS = ("kdns", "dnsmasq-a", "dnsmasq-srv", "unbound", "knot", "ceiling")
@@ -51,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qps", type=int, default=0, help="dnsperf -Q, 0 = unlimited (default)")
     p.add_argument("--memory-sizes", default="1000,10000",
                    help="service counts for the kdns memory/startup report, 10 endpoints each; '' skips")
+    p.add_argument("--watch-services", type=int, default=None, metavar="N",
+                   help="services for the API-source report (kdns on tests/fakeapi.py: start->ready, "
+                        "RSS, event->answer), 10 endpoints each; default --services; 0 skips")
+    p.add_argument("--watch-events", type=int, default=100, metavar="N",
+                   help="watch events timed from the fake API storing them to kdns answering (default 100)")
     p.add_argument("--change-timeout", type=float, default=300.0,
                    help="longest wait for a manifest change to show in answers (seconds)")
     p.add_argument("--rounds", type=int, default=1,
@@ -67,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.endpoints is None:
         args.endpoints = args.services * 10
+    if args.watch_services is None:
+        args.watch_services = args.services
     if args.latency_duration is None:
         args.latency_duration = max(1.0, round(args.duration / 3, 1))
     try:
@@ -156,13 +164,19 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
         print("\nkdns memory and startup (manifest source; CoreDNS formula MB = (pods + services)/1000 + 54, "
               "pods = endpoints):")
         print(report.memory_table(memory))
+    api_source = None
+    if args.watch_services > 0 and "kdns" in names:
+        api_source = _watch(args, tmp)
+        print(f"\nkdns watch source (kdns serve --kubeconfig on tests/fakeapi.py, {args.watch_events} events):")
+        print(report.watch_lines(api_source))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
                                          "cluster": {"services": len(model.services),
                                                      "endpoints": model.endpoint_count,
                                                      "namespaces": len(model.namespaces),
                                                      "records": len(records)},
-                                         "results": rows, "ratios": ratio_items, "memory": memory}, indent=2))
+                                         "results": rows, "ratios": ratio_items, "memory": memory,
+                                         "watch": api_source}, indent=2))
     return 0
 
 
@@ -307,6 +321,19 @@ def _memory(services: int, endpoints: int, args, tmp: Path) -> dict:
                  f"change {out.get('change_s')}")
     except (Unavailable, OSError) as exc:
         out["error"] = str(exc)
+    return out
+
+
+def _watch(args, tmp: Path) -> dict:
+    n = args.watch_services
+    _say(f"kdns watch source at {n:,} services / {n * 10:,} endpoints: starting")
+    try:
+        out = watch.measure(n, n * 10, events=args.watch_events, seed=args.seed, tmp=tmp,
+                            timeout=args.change_timeout)
+    except (Unavailable, OSError) as exc:
+        return {"services": n, "endpoints": n * 10, "error": str(exc)}
+    _say(f"kdns watch source: ready {out.get('ready_s', 0):.2f} s, {out.get('rss_mb', 0):.1f} MB, "
+         f"events {out.get('event_ms')}")
     return out
 
 

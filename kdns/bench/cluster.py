@@ -193,7 +193,7 @@ def records(cluster: Cluster) -> Iterator[Record]:
 
 # --------------------------------------------------------------------------- manifests
 
-def _service_doc(svc: Service) -> dict:
+def service_doc(svc: Service) -> dict:
     spec: dict = {"type": "ClusterIP", "clusterIP": svc.cluster_ip, "clusterIPs": [svc.cluster_ip],
                   "selector": {"app": svc.name},
                   "ports": [{"name": p.name, "port": p.port, "protocol": p.protocol,
@@ -205,7 +205,7 @@ def _service_doc(svc: Service) -> dict:
             "spec": spec}
 
 
-def _slice_docs(svc: Service) -> Iterator[dict]:
+def slice_docs(svc: Service) -> Iterator[dict]:
     ports = [{"name": p.name, "port": p.target_port, "protocol": p.protocol} for p in svc.ports]
     for k in range(0, len(svc.endpoints), SLICE_MAX):
         eps = []
@@ -224,23 +224,28 @@ def _slice_docs(svc: Service) -> Iterator[dict]:
                "addressType": "IPv4", "ports": ports, "endpoints": eps}
 
 
+def documents(cluster: Cluster, namespace: str | None = None) -> Iterator[dict]:
+    """Every object of the cluster as the API would list it: each Namespace, then its
+    Services, each followed by its EndpointSlices (or those of one ``namespace``)."""
+    for ns in [namespace] if namespace else cluster.namespaces:
+        yield {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+        for svc in cluster.services:
+            if svc.namespace == ns:
+                yield service_doc(svc)
+                yield from slice_docs(svc)
+
+
 def write_manifests(cluster: Cluster, directory: Path) -> list[Path]:
     """One ``kind: List`` YAML file per namespace, as ``kubectl get svc,endpointslices -o yaml``
     would give. Items are written in YAML flow style (JSON syntax is valid YAML), which keeps
     writing 100,000 endpoints fast without changing what a YAML reader sees."""
     directory.mkdir(parents=True, exist_ok=True)
-    by_ns: dict[str, list[Service]] = {}
-    for svc in cluster.services:
-        by_ns.setdefault(svc.namespace, []).append(svc)
     paths = []
-    for ns, services in sorted(by_ns.items()):
+    for ns in sorted(cluster.namespaces):
         path = directory / f"{ns}.yaml"
         with path.open("w", encoding="utf-8") as out:
             out.write("apiVersion: v1\nkind: List\nitems:\n")
-            out.write("- " + json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}) + "\n")
-            for svc in services:
-                out.write("- " + json.dumps(_service_doc(svc), separators=(", ", ": ")) + "\n")
-                for doc in _slice_docs(svc):
-                    out.write("- " + json.dumps(doc, separators=(", ", ": ")) + "\n")
+            for doc in documents(cluster, ns):
+                out.write("- " + json.dumps(doc, separators=(", ", ": ")) + "\n")
         paths.append(path)
     return paths

@@ -134,3 +134,21 @@ def memory_table(items: list[dict]) -> str:
         if n == 0:
             out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(out)
+
+
+def watch_lines(m: dict) -> str:
+    """The API source: one line of sizes and memory, one of event->answer percentiles."""
+    head = f"  {m['services']:,} services, {m['endpoints']:,} endpoints"
+    if "rss_mb" not in m:
+        return f"{head}: {m.get('error', 'no result')}"
+    within = "within" if m["rss_mb"] <= m["formula_mb"] else "OVER"
+    lines = [f"{head}: start->ready {m['ready_s']:.2f} s; RSS {m['rss_mb']:.1f} MB "
+             f"(CoreDNS formula {m['formula_mb']:.0f} MB: {within})"]
+    if m.get("event_ms"):
+        e = m["event_ms"]
+        kinds = ", ".join(f"{k} {v} ms" for k, v in m.get("by_kind_p50_ms", {}).items())
+        lines.append(f"  event -> answer (API stored it -> kdns answers it): p50 {e['p50']} ms, "
+                     f"p90 {e['p90']} ms, p99 {e['p99']} ms, max {e['max']} ms (p50 by kind: {kinds})")
+    if m.get("error"):
+        lines.append(f"  {m['error']}")
+    return "\n".join(lines)
