@@ -131,3 +131,18 @@ def test_dnsperf_statistics_parse():
     assert r.avg_ms == pytest.approx(0.361)
     assert r.rcodes == {"NOERROR": 431495, "NXDOMAIN": 431495}
     assert dnsperf.percentile([float(i) for i in range(1, 101)], 99) == 99.0
+
+
+def test_watch_report_times_every_event_through_a_live_kdns(tmp_path):
+    """kdns.bench's API-source report: kdns serve --kubeconfig on the fake API; every event
+    (new Services, replaced EndpointSlices) must show in kdns's answers. No timing asserted."""
+    from kdns.bench import report, watch
+
+    out = watch.measure(40, 200, events=6, seed=3, tmp=tmp_path, timeout=30)
+    assert "error" not in out, out.get("error")
+    assert out["services"] == 40 and out["events"] == 6
+    assert out["ready_s"] > 0 and out["rss_mb"] > 0
+    assert set(out["by_kind_p50_ms"]) == {"service", "endpoints"}
+    assert 0 < out["event_ms"]["p50"] <= out["event_ms"]["p99"] <= out["event_ms"]["max"]
+    text = report.watch_lines(out)
+    assert "start->ready" in text and "event -> answer" in text

@@ -57,7 +57,7 @@ def measure(services: int, endpoints: int, *, events: int, seed: int, tmp: Path,
     probe = (next(s for s in model.services if not s.headless).fqdn, "A")
     with fake.FakeAPI(history=max(1000, 4 * events), bookmark_interval=5.0) as api:
         for doc in gen.documents(model):
-            api.create(doc)
+            api.apply(doc)                      # apply: the fake already has default, kube-system
         port = free_port()
         argv = [sys.executable, "-m", "kdns", "serve", "--kubeconfig", str(api.kubeconfig(tmp / "kubeconfig")),
                 "--listen", f"127.0.0.1:{port}", "--resolv-conf", ""]
