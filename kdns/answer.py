@@ -188,6 +188,8 @@ def _reverse_node(snap: Snapshot, zone: str, labels: list[str]) -> Node | None:
     ip = names.reverse_ip(zone, labels)
     if ip is None:
         return None
-    targets = snap.ptr.get(ip)
+    targets = snap.ptr.get(ip)                  # one target, or a tuple of them (snapshot.Store)
+    if not targets:
+        return None
     # PTR targets ride in ``addrs``; the caller reads them only for reverse zones.
-    return Node(addrs=targets) if targets else None
+    return Node(addrs=(targets,) if isinstance(targets, str) else targets)

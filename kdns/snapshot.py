@@ -15,7 +15,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Mapping, NamedTuple
+from typing import Iterator, Mapping, NamedTuple
 
 from kdns import names
 from kdns.config import Config
@@ -115,7 +115,16 @@ class ServiceRecords:
     node: Node | None                                   # the service name itself; None = NXDOMAIN
     ports: Mapping[tuple[str, str], Node] = field(default_factory=dict)      # (port name, proto) lower -> SRV node
     endpoints: Mapping[str, Node] = field(default_factory=dict)              # endpoint name -> node
-    ptrs: tuple[tuple[str, str, bool], ...] = ()        # (ip, target relative to zone, is cluster IP)
+    # PTR sources as parallel tuples (not a 3-tuple per endpoint: ~6 MB at 100k endpoints): the
+    # first ``cluster_ptrs`` are the cluster IPs, the rest endpoint addresses.
+    ptr_ips: tuple[str, ...] = ()
+    ptr_targets: tuple[str, ...] = ()                   # relative to the zone
+    cluster_ptrs: int = 0
+
+    def ptrs(self) -> Iterator[tuple[str, str, bool]]:
+        """(ip, target relative to zone, is a cluster IP) for every PTR this Service gives."""
+        for n, (ip, target) in enumerate(zip(self.ptr_ips, self.ptr_targets)):
+            yield ip, target, n < self.cluster_ptrs
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +135,7 @@ class Snapshot:
     zones: tuple[str, ...]
     services: Mapping[tuple[str, str], ServiceRecords]  # a LayeredMap
     namespaces: frozenset[str]
-    ptr: Mapping[str, tuple[str, ...]]                  # ip -> PTR targets relative to the zone (LayeredMap)
+    ptr: Mapping[str, str | tuple[str, ...]]            # ip -> PTR target(s) relative to the zone: one str, or a tuple (LayeredMap)
     pods: frozenset[tuple[str, str]] = frozenset()      # (namespace, ip) of verified pods
     ns_records: tuple[tuple[str, tuple[str, ...]], ...] = ()   # apex NS: (target rel, glue ips)
 
@@ -171,6 +180,7 @@ def compile_service(svc: Service, slices: list[EndpointSlice], config: Config) -
     # Published endpoints: ready (or unknown) addresses of every IP slice, in slice order.
     published: list[tuple[str, str, EndpointSlice]] = []          # (endpoint name, ip, slice)
     seen: set[tuple[str, str]] = set()
+    one_address: dict[str, tuple[str]] = {}             # endpoint name -> its Endpoint's 1-tuple
     for sl in slices:
         if sl.address_type == "FQDN":
             continue                                     # deprecated; CoreDNS ignores them
@@ -178,7 +188,10 @@ def compile_service(svc: Service, slices: list[EndpointSlice], config: Config) -
             if not (ep.ready or (svc.publish_not_ready and config.publish_not_ready)):
                 continue
             for ip in ep.addresses:
-                published.append((_endpoint_name(ep, ip, config.endpoint_pod_names), ip, sl))
+                name = _endpoint_name(ep, ip, config.endpoint_pod_names)
+                published.append((name, ip, sl))
+                if len(ep.addresses) == 1:
+                    one_address.setdefault(name, ep.addresses)
 
     ep_addrs: dict[str, dict[str, None]] = defaultdict(dict)
     ep_ports: dict[str, dict[int, None]] = defaultdict(dict)
@@ -194,12 +207,16 @@ def compile_service(svc: Service, slices: list[EndpointSlice], config: Config) -
     endpoints = {}
     for n, a in ep_addrs.items():
         numbers = tuple(ep_ports[n])
-        endpoints[n] = Node(tuple(a), ports=shared.setdefault(numbers, numbers))
-    ptrs = []
+        addrs = tuple(a)
+        # One address from one Endpoint (the common case): share that Endpoint's own tuple.
+        endpoints[n] = Node(one_address.get(n, addrs) if len(addrs) == 1 else addrs,
+                            ports=shared.setdefault(numbers, numbers))
+    ptr_ips, ptr_targets = [], []
     for epname, ip, _ in published:
         if (epname, ip) not in seen:
             seen.add((epname, ip))
-            ptrs.append((ip, targets[epname], False))
+            ptr_ips.append(ip)
+            ptr_targets.append(targets[epname])
 
     ports: dict[tuple[str, str], list[tuple[int, str, str]]] = defaultdict(list)
     bare: list[tuple[int, str, str]] = []
@@ -222,9 +239,10 @@ def compile_service(svc: Service, slices: list[EndpointSlice], config: Config) -
                 bare.append(item)
                 if port.name:
                     ports[(port.name, port.protocol.lower())].append(item)
-        ptrs = [(ip, base, True) for ip in addrs] + ptrs
+        ptr_ips, ptr_targets = list(addrs) + ptr_ips, [base] * len(addrs) + ptr_targets
     port_nodes = {k: Node(srv=s) for k, s in ((k, _srv_set(v)) for k, v in ports.items()) if s}
-    return ServiceRecords(Node(addrs, _srv_set(bare)), port_nodes, endpoints, tuple(ptrs))
+    return ServiceRecords(Node(addrs, _srv_set(bare)), port_nodes, endpoints, tuple(ptr_ips),
+                          tuple(ptr_targets), 0 if svc.headless else len(addrs))
 
 
 def endpoint_srv(node: Node, target: str) -> SRVSet | None:
@@ -246,7 +264,8 @@ class Store:
         self._lock = threading.Lock()
         self._slices_by_service: dict[tuple[str, str], dict[str, EndpointSlice]] = {}
         self._records: dict[tuple[str, str], ServiceRecords] = {}
-        self._ptr_owners: dict[str, tuple[tuple[str, str], ...]] = {}   # ip -> Services with a PTR for it
+        # ip -> the Service (key) with a PTR for it, or a tuple of them (see _owners)
+        self._ptr_owners: dict[str, tuple] = {}
         self._changed_records: dict = {}
         self._changed_ptr: dict = {}
         self._pub_records = LayeredMap()
@@ -331,29 +350,37 @@ class Store:
             new = compile_service(svc, slices, self.config)
             self._records[key] = new
         self._changed_records[key] = new
-        old_ips = {ip for ip, _, _ in old.ptrs} if old else set()
-        new_ips = {ip for ip, _, _ in new.ptrs} if new else set()
+        old_ips = set(old.ptr_ips) if old else set()
+        new_ips = set(new.ptr_ips) if new else set()
         for ip in old_ips | new_ips:
-            owners = tuple(k for k in self._ptr_owners.get(ip, ()) if k != key)
+            owners = tuple(k for k in self._owners(ip) if k != key)
             if ip in new_ips:
                 owners = tuple(sorted(owners + (key,)))
-            if owners:
+            if len(owners) > 1:
                 self._ptr_owners[ip] = owners
+            elif owners:
+                self._ptr_owners[ip] = owners[0]     # most IPs have one owner: no 1-tuple each
             else:
                 self._ptr_owners.pop(ip, None)
             self._rebuild_ptr(ip, owners)
         if self._own_ip and self._own_ip in old_ips | new_ips:
             self._ns = None                 # the apex NS target follows the Service holding our IP
 
+    def _owners(self, ip: str) -> tuple:
+        """The Services with a PTR for ip: stored as the one key, or a tuple of keys."""
+        owners = self._ptr_owners.get(ip, ())
+        return (owners,) if owners and isinstance(owners[0], str) else owners
+
     def _rebuild_ptr(self, ip: str, owners: tuple) -> None:
-        """§3.6: a cluster IP gives one PTR (first Service); else one PTR per endpoint Service."""
+        """§3.6: a cluster IP gives one PTR (first Service); else one PTR per endpoint Service.
+        Published as the one target (the common case, no 1-tuple per IP), or a tuple."""
         cluster_ip, endpoint = [], []
         for key in owners:
-            for pip, target, is_cluster in self._records[key].ptrs:
+            for pip, target, is_cluster in self._records[key].ptrs():
                 if pip == ip:
                     (cluster_ip if is_cluster else endpoint).append(target)
         targets = tuple(cluster_ip[:1] or dict.fromkeys(endpoint))
-        self._changed_ptr[ip] = targets or None
+        self._changed_ptr[ip] = (targets[0] if len(targets) == 1 else targets) or None
 
     def _ns_records(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
         if self._own_ip:
