@@ -129,9 +129,12 @@ def _config(args) -> Config:
                   udp_batch=args.udp_batch)
 
 
-def _load_manifests(paths, service_cidr):
+def _load_manifests(paths, service_cidr, sink, reload):
+    """The manifests, and the Watcher that reloads them (None with --reload 0)."""
     try:
-        return manifests.load(paths, service_cidr)
+        if reload > 0:
+            return manifests.Watcher.loaded(paths, service_cidr, sink, reload)
+        return None, manifests.load(paths, service_cidr)
     except manifests.ManifestError as exc:
         for line in exc.problems:
             print(f"kdns: {line}", file=sys.stderr)
@@ -207,7 +210,7 @@ def serve(args) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     store = Store(config)
-    source = None
+    source = watcher = None
     if uses_api(args):
         from kdns.sources.cluster import ClusterError
         try:
@@ -217,10 +220,12 @@ def serve(args) -> int:
             return 2
     else:
         paths = args.manifests or manifests.default_paths()
-        cluster = _load_manifests(paths, config.service_cidr)
-        if cluster is None:
+        loaded = _load_manifests(paths, config.service_cidr, store, args.reload)
+        if loaded is None:
             return 2
+        watcher, cluster = loaded
         store.reset(cluster, synced=True)
+        del cluster
         _settle_memory()
     server = Server(store.holder, config.listen, config.cache_size, batch=config.udp_batch)
     try:
@@ -238,9 +243,7 @@ def serve(args) -> int:
     if status is None:
         server.close()
         return 1
-    watcher = None
-    if source is None and args.reload > 0:
-        watcher = manifests.Watcher(paths, config.service_cidr, store, args.reload)
+    if watcher is not None:
         watcher.start()
     server.start()
     if source is not None:

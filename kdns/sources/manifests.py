@@ -105,21 +105,25 @@ def read(paths: Iterable[str | os.PathLike], problems: list[str]) -> Iterator[tu
     files, missing = files_of(paths)
     problems.extend(missing)
     for path in files:
-        try:
-            for index, doc in _documents(path):
-                if doc is None:
-                    continue
-                # kind: List, and typed lists such as ServiceList from the API.
-                if isinstance(doc, dict) and str(doc.get("kind", "")).endswith("List") \
-                        and isinstance(doc.get("items"), list):
-                    for j, item in enumerate(doc.get("items") or []):
-                        yield _Where(path, index, j), item
-                else:
-                    yield _Where(path, index, None), doc
-        except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            problems.append(f"{path}: does not parse: {' '.join(str(exc).split())}")
-        except OSError as exc:
-            problems.append(f"{path}: cannot read: {exc.strerror or exc}")
+        yield from _file_documents(path, problems)
+
+
+def _file_documents(path: Path, problems: list[str]) -> Iterator[tuple[Any, Any]]:
+    try:
+        for index, doc in _documents(path):
+            if doc is None:
+                continue
+            # kind: List, and typed lists such as ServiceList from the API.
+            if isinstance(doc, dict) and str(doc.get("kind", "")).endswith("List") \
+                    and isinstance(doc.get("items"), list):
+                for j, item in enumerate(doc.get("items") or []):
+                    yield _Where(path, index, j), item
+            else:
+                yield _Where(path, index, None), doc
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        problems.append(f"{path}: does not parse: {' '.join(str(exc).split())}")
+    except OSError as exc:
+        problems.append(f"{path}: cannot read: {exc.strerror or exc}")
 
 
 class _Where:
@@ -147,13 +151,70 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12") -> Cluster:
-    """Parse manifests into a Cluster; raise ManifestError listing every problem."""
+def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
+         files: dict | None = None) -> Cluster:
+    """Parse manifests into a Cluster; raise ManifestError listing every problem.
+
+    ``files`` (the Watcher's): path -> ((mtime, size), objects) of files that parsed cleanly;
+    a file whose stamp is unchanged is not read again, and the dict is updated in place.
+    """
     cluster = Cluster()
     problems: list[str] = []
     skipped: dict[str, int] = {}
     seen_ns: set[str] = set(ALWAYS_NAMESPACES)
-    for where, doc in read(paths, problems):
+    paths = list(paths)
+    found, missing = files_of(paths)
+    problems.extend(missing)
+    reused = False
+    for path in found:
+        stamp = _stamp(path)                  # before reading: a later write changes it again
+        cached = files.get(str(path)) if files is not None else None
+        if cached is not None and stamp is not None and cached[0] == stamp:
+            objs, reused = cached[1], True
+        else:
+            before = len(problems)
+            objs = list(_file_objects(path, problems, skipped))
+            if files is not None:
+                if len(problems) == before and stamp is not None:
+                    files[str(path)] = (stamp, [obj for _, obj in objs])
+                else:
+                    files.pop(str(path), None)
+        for entry in objs:
+            where, obj = entry if isinstance(entry, tuple) else (path, entry)
+            key = obj.key if not isinstance(obj, objects.Namespace) else obj.name
+            table = getattr(cluster, _TABLES[type(obj)])
+            if key in table and table[key] != obj:
+                problems.append(f"{where}: {_describe_object(obj)}: defined twice with different content")
+                continue
+            table[key] = obj
+            seen_ns.add(obj.name if isinstance(obj, objects.Namespace) else obj.namespace)
+    for kind, count in sorted(skipped.items()):
+        log.info("skipping %d %s object(s): kdns serves Services, EndpointSlices, Endpoints, "
+                 "Namespaces and Pods", count, kind)
+    if problems:
+        if reused and files is not None:
+            # A clash with an object from a file not re-read: its lines lack the document
+            # index; read everything again for messages that name it.
+            return load(paths, service_cidr, None)
+        raise ManifestError(problems)
+    # A namespace exists when a Namespace object names it or any object lives in it.
+    for ns in sorted(seen_ns - set(cluster.namespaces)):
+        cluster.namespaces[ns] = objects.Namespace(ns)
+    allocate_cluster_ips(cluster, service_cidr)
+    return cluster
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _file_objects(path: Path, problems: list[str], skipped: dict[str, int]) -> Iterator[tuple[Any, Any]]:
+    """(where, object) for every object kdns serves in one file; problems named as load's."""
+    for where, doc in _file_documents(path, problems):
         if not isinstance(doc, dict):
             problems.append(f"{where}: {_describe(doc)}: must be a mapping with apiVersion and kind")
             continue
@@ -175,23 +236,13 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12")
             problems.append(f"{where}: {_describe(doc)}: field {exc.path}: {exc.message}")
             continue
         for item in obj if isinstance(obj, list) else [obj]:
-            key = item.key if not isinstance(item, objects.Namespace) else item.name
-            table = getattr(cluster, _TABLES[type(item)])
-            if key in table and table[key] != item:
-                problems.append(f"{where}: {_describe(doc)}: defined twice with different content")
-                continue
-            table[key] = item
-            seen_ns.add(item.name if isinstance(item, objects.Namespace) else item.namespace)
-    for kind, count in sorted(skipped.items()):
-        log.info("skipping %d %s object(s): kdns serves Services, EndpointSlices, Endpoints, "
-                 "Namespaces and Pods", count, kind)
-    if problems:
-        raise ManifestError(problems)
-    # A namespace exists when a Namespace object names it or any object lives in it.
-    for ns in sorted(seen_ns - set(cluster.namespaces)):
-        cluster.namespaces[ns] = objects.Namespace(ns)
-    allocate_cluster_ips(cluster, service_cidr)
-    return cluster
+            yield where, item
+
+
+def _describe_object(obj) -> str:
+    if isinstance(obj, objects.Namespace):
+        return f"Namespace/{obj.name}"
+    return f"{type(obj).__name__}/{obj.namespace}/{obj.name}"
 
 
 def allocate_cluster_ips(cluster: Cluster, cidr: str) -> None:
@@ -230,27 +281,38 @@ def allocate_cluster_ips(cluster: Cluster, cidr: str) -> None:
 class Watcher:
     """Reload the manifests when a file changes; a bad reload keeps the last good data.
 
-    Polls (path, mtime, size) of every file: cheap, and needs no inotify in a container.
+    Polls (path, mtime, size) of every file: cheap, and needs no inotify in a container. Only
+    the files that changed are read again (the others' objects are kept from the last load),
+    and only the objects that changed go to the sink, as watch events: at 10,000 Services a
+    one-file edit is a fraction of a second instead of a full re-read and recompile.
     """
 
-    def __init__(self, paths: list, service_cidr: str, sink, interval: float = 2.0):
+    # Past this many changed objects, one reset (a full recompile) beats event by event.
+    RESET_ABOVE = 2000
+
+    def __init__(self, paths: list, service_cidr: str, sink, interval: float = 2.0,
+                 cluster: Cluster | None = None):
         self.paths = paths
         self.service_cidr = service_cidr
         self.sink = sink
         self.interval = interval
         self._stop = threading.Event()
         self._seen = self._stamp()
+        self._files: dict = {}
+        # What the sink holds now; without it (or a file cache) the first reload is a reset.
+        self._cluster = cluster
+
+    @classmethod
+    def loaded(cls, paths: list, service_cidr: str, sink, interval: float = 2.0) -> tuple["Watcher", Cluster]:
+        """Load the manifests (ManifestError on problems) and a Watcher that knows them."""
+        watcher = cls(paths, service_cidr, sink, interval)
+        cluster = load(paths, service_cidr, watcher._files)
+        watcher._cluster = cluster
+        return watcher, cluster
 
     def _stamp(self) -> tuple:
         files, _ = files_of(self.paths)
-        out = []
-        for f in files:
-            try:
-                st = f.stat()
-                out.append((str(f), st.st_mtime_ns, st.st_size))
-            except OSError:
-                out.append((str(f), None, None))
-        return tuple(out)
+        return tuple((str(f), _stamp(f)) for f in files)
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="kdns-manifests", daemon=True).start()
@@ -260,17 +322,42 @@ class Watcher:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            stamp = self._stamp()
-            if stamp == self._seen:
-                continue
-            self._seen = stamp
-            try:
-                cluster = load(self.paths, self.service_cidr)
-            except ManifestError as exc:
-                for line in exc.problems:
-                    log.error("%s", line)
-                log.error("reload failed: still serving the last good manifests")
-                continue
+            self.check()
+
+    def check(self) -> None:
+        """One poll: reload if any file changed (the loop's step)."""
+        stamp = self._stamp()
+        if stamp == self._seen:
+            return
+        self._seen = stamp
+        try:
+            cluster = load(self.paths, self.service_cidr, self._files)
+        except ManifestError as exc:
+            for line in exc.problems:
+                log.error("%s", line)
+            log.error("reload failed: still serving the last good manifests")
+            return
+        changes = diff(self._cluster, cluster) if self._cluster is not None else None
+        if changes is None or len(changes) > self.RESET_ABOVE:
             self.sink.reset(cluster, True)
-            log.info("reloaded manifests: %d services, %d endpoint slices",
-                     len(cluster.services), len(cluster.slices))
+        else:
+            for op, obj in changes:
+                self.sink.apply(op, obj)
+        self._cluster = cluster
+        log.info("reloaded manifests: %d services, %d endpoint slices (%s)", len(cluster.services),
+                 len(cluster.slices), "all" if changes is None else f"{len(changes)} changed")
+
+
+def diff(old: Cluster, new: Cluster) -> list[tuple[str, Any]]:
+    """The watch events that turn ``old`` into ``new``: namespaces first, deletions last."""
+    added, deleted = [], []
+    for table in ("namespaces", "services", "slices", "pods"):
+        before, after = getattr(old, table), getattr(new, table)
+        for key, obj in after.items():
+            was = before.get(key)
+            if was is None:
+                added.append(("ADDED", obj))
+            elif was is not obj and was != obj:
+                added.append(("MODIFIED", obj))
+        deleted.extend(("DELETED", obj) for key, obj in before.items() if key not in after)
+    return added + deleted
