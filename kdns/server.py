@@ -158,7 +158,8 @@ class Server:
         view, lengths, out_lengths, peer = batch.slots, batch.lengths, batch.out_lengths, batch.peer
         recv, send, slot, hits = batch.recv, batch.send, mmsg.SLOT, HITS
         holder, stopping = self.holder, self._stopping.is_set
-        gen, lookup = None, None
+        gen, cache = None, self._cache
+        lookup = cache.get
         while True:
             try:
                 n = recv()
