@@ -146,3 +146,16 @@ def test_watch_report_times_every_event_through_a_live_kdns(tmp_path):
     assert 0 < out["event_ms"]["p50"] <= out["event_ms"]["p99"] <= out["event_ms"]["max"]
     text = report.watch_lines(out)
     assert "start->ready" in text and "event -> answer" in text
+
+
+def test_ratios_pair_the_rounds():
+    """Each round's kdns/peer, from runs in round order; the target is judged on the medians."""
+    from kdns.bench import report
+
+    rows = [{"workload": "a", "server": "kdns", "qps": 200.0, "wrong": 0, "qps_rounds": [180.0, 200.0, 260.0]},
+            {"workload": "a", "server": "dnsmasq-a", "qps": 150.0, "wrong": 0, "qps_rounds": [100.0, 150.0, 200.0]}]
+    (item,) = report.ratios(rows)
+    assert item["per_round"] == [1.8, 200 / 150, 1.3]
+    assert item["ratio"] == 200 / 150 and item["met"] is True
+    line = report.ratio_lines([item])
+    assert "kdns/dnsmasq-a 1.33 [rounds 1.30-1.80] (target >= 1.3: met)" in line

@@ -202,10 +202,12 @@ def _median(runs: list[dict]) -> dict:
     ok = [r for r in runs if not r.get("error")]
     if not ok:
         return runs[0]
+    rounds = [r.get("qps") if not r.get("error") else None for r in runs]   # in round order
     ok.sort(key=lambda r: r["qps"])
     row = dict(ok[(len(ok) - 1) // 2])
     row["rounds"] = len(ok)
     row["qps_runs"] = [r["qps"] for r in ok]
+    row["qps_rounds"] = rounds
     return row
 
 

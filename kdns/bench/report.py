@@ -92,9 +92,17 @@ def ratios(rows: list[dict]) -> list[dict]:
             target = next((t for tw, tp, t in TARGETS if tw == w and tp == peer), None)
             ratio = k["qps"] / p["qps"]
             out.append({"workload": w, "peer": peer, "ratio": ratio, "target": target,
+                        "per_round": per_round(k, p),
                         "met": None if target is None else ratio >= target,
                         "peer_wrong": p.get("wrong", 0), "kdns_wrong": k.get("wrong", 0)})
     return out
+
+
+def per_round(kdns: dict, peer: dict) -> list[float]:
+    """kdns/peer of each round, pairing the runs taken minutes apart: on a shared machine their
+    load is alike, so this spread says how far the ratio of medians can be trusted."""
+    pairs = zip(kdns.get("qps_rounds") or [], peer.get("qps_rounds") or [])
+    return [k / p for k, p in pairs if k and p]
 
 
 def ratio_lines(items: list[dict]) -> str:
@@ -103,6 +111,8 @@ def ratio_lines(items: list[dict]) -> str:
         parts = []
         for i in (i for i in items if i["workload"] == w):
             s = f"kdns/{i['peer']}{'*' if i['peer_wrong'] else ''} {i['ratio']:.2f}"
+            if len(i.get("per_round") or []) > 1:
+                s += f" [rounds {min(i['per_round']):.2f}-{max(i['per_round']):.2f}]"
             if i["target"] is not None:
                 s += f" (target >= {i['target']:g}: {'met' if i['met'] else 'NOT met'})"
             parts.append(s)
