@@ -1,3 +1,5 @@
 from kdns.cli import main
 
-raise SystemExit(main())
+# Guarded: worker processes (manifests._parse_files, spawned) import this module too.
+if __name__ == "__main__":
+    raise SystemExit(main())

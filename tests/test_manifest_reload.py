@@ -148,3 +148,40 @@ def test_diff_orders_namespaces_first_and_deletions_last():
     old.namespaces["gone"] = gone
     new.namespaces["fresh"] = manifests.objects.Namespace("fresh")
     assert manifests.diff(old, new) == [("ADDED", new.namespaces["fresh"]), ("DELETED", gone)]
+
+
+# ---------------------------------------------------------------- worker processes
+
+@pytest.fixture
+def many_files(tmp_path):
+    for n in range(6):
+        (tmp_path / f"f{n}.yaml").write_text(
+            service(f"s{n}", f"10.96.1.{n + 1}", ns=f"ns{n % 2}") + "---\n" + endpoints(f"s{n}", f"10.244.1.{n + 1}", ns=f"ns{n % 2}")
+            + "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n")
+    return tmp_path
+
+
+def test_worker_processes_load_the_same_cluster(many_files, monkeypatch, caplog):
+    serial = manifests.load([many_files])
+    monkeypatch.setattr(manifests, "PARALLEL_BYTES", 0)
+    caplog.set_level("INFO", logger="kdns.manifests")
+    parallel = manifests.load([many_files])
+    assert "parsing them here" not in caplog.text          # the workers did it
+    assert "skipping 6 Deployment object(s)" in caplog.text
+    for table in ("services", "slices", "namespaces", "pods"):
+        assert getattr(parallel, table) == getattr(serial, table)
+    assert len(parallel.services) == 6
+
+
+def test_worker_processes_report_problems_as_a_serial_load_does(many_files, monkeypatch):
+    (many_files / "f3.yaml").write_text(service("s3", "10.96.1.300", ns="ns1"))
+    (many_files / "f5.yaml").write_text("kind: Service\nmetadata: [oops\n")
+    with pytest.raises(manifests.ManifestError) as serial:
+        manifests.load([many_files])
+    monkeypatch.setattr(manifests, "PARALLEL_BYTES", 0)
+    with pytest.raises(manifests.ManifestError) as parallel:
+        manifests.load([many_files])
+    assert parallel.value.problems == serial.value.problems
+    assert len(serial.value.problems) == 2
+    assert serial.value.problems[0].startswith(f"{many_files / 'f3.yaml'}, document 0: Service/ns1/s3: field spec.clusterIP")
+    assert serial.value.problems[1].startswith(f"{many_files / 'f5.yaml'}: does not parse")

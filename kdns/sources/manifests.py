@@ -15,6 +15,9 @@ import ipaddress
 import json
 import logging
 import os
+import pickle
+import subprocess
+import sys
 import threading
 from dataclasses import replace
 from importlib import resources
@@ -32,6 +35,8 @@ SUFFIXES = (".yaml", ".yml", ".json")
 # libyaml's loader parses a 10,000-service dump about ten times faster than the pure-Python one.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 ALWAYS_NAMESPACES = ("default", "kube-system", "kube-public")
+PARALLEL_BYTES = 8 << 20       # this much YAML/JSON to read is parsed in worker processes
+MAX_WORKERS = 8
 
 
 class ManifestError(Exception):
@@ -166,17 +171,25 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
     found, missing = files_of(paths)
     problems.extend(missing)
     reused = False
+    stamps = {path: _stamp(path) for path in found}   # before reading: a later write changes it
+    cached = {}
     for path in found:
-        stamp = _stamp(path)                  # before reading: a later write changes it again
-        cached = files.get(str(path)) if files is not None else None
-        if cached is not None and stamp is not None and cached[0] == stamp:
-            objs, reused = cached[1], True
+        hit = files.get(str(path)) if files is not None else None
+        if hit is not None and stamps[path] is not None and hit[0] == stamps[path]:
+            cached[path] = hit[1]
+    parsed = dict(zip((p for p in found if p not in cached),
+                      _parse_files([p for p in found if p not in cached], stamps)))
+    for path in found:
+        if path in cached:
+            objs, reused = cached[path], True
         else:
-            before = len(problems)
-            objs = list(_file_objects(path, problems, skipped))
+            objs, file_problems, file_skipped = parsed[path]
+            problems.extend(file_problems)
+            for kind, count in file_skipped.items():
+                skipped[kind] = skipped.get(kind, 0) + count
             if files is not None:
-                if len(problems) == before and stamp is not None:
-                    files[str(path)] = (stamp, [obj for _, obj in objs])
+                if not file_problems and stamps[path] is not None:
+                    files[str(path)] = (stamps[path], [obj for _, obj in objs])
                 else:
                     files.pop(str(path), None)
         for entry in objs:
@@ -202,6 +215,69 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
         cluster.namespaces[ns] = objects.Namespace(ns)
     allocate_cluster_ips(cluster, service_cidr)
     return cluster
+
+
+def _parse_file(path: Path) -> tuple[list, list[str], dict[str, int]]:
+    """One file: its (where, object) pairs, its problems, the kinds it skipped (picklable, for
+    the worker processes of _parse_files)."""
+    problems: list[str] = []
+    skipped: dict[str, int] = {}
+    return list(_file_objects(path, problems, skipped)), problems, skipped
+
+
+def _parse_files(paths: list[Path], stamps: dict) -> list[tuple[list, list[str], dict[str, int]]]:
+    """_parse_file of each path, in order. Parsing YAML is CPU-bound (libyaml composes, PyYAML's
+    Python constructors build: ~30 s for a 10,000-Service dump on one core), so past
+    PARALLEL_BYTES the files are shared out to worker processes (``python -c``, never a fork: a
+    reload runs beside threads; not multiprocessing, whose spawn re-runs the caller's main
+    module) and their objects come back pickled, a few percent of the parse."""
+    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                  len(paths), MAX_WORKERS)
+    size = sum(stamps[p][1] for p in paths if stamps.get(p))
+    if workers > 1 and size >= PARALLEL_BYTES:
+        try:
+            return _in_workers(paths, stamps, workers)
+        except (OSError, EOFError, pickle.UnpicklingError, subprocess.SubprocessError) as exc:
+            log.warning("parsing the manifests in %d processes failed (%s); parsing them here",
+                        workers, exc)
+    return [_parse_file(p) for p in paths]
+
+
+def _in_workers(paths: list[Path], stamps: dict, workers: int) -> list:
+    shares: list[list[int]] = [[] for _ in range(workers)]
+    loads = [0] * workers
+    for i in sorted(range(len(paths)), key=lambda i: -(stamps.get(paths[i]) or (0, 0))[1]):
+        w = loads.index(min(loads))                    # biggest file to the least loaded worker
+        shares[w].append(i)
+        loads[w] += (stamps.get(paths[i]) or (0, 0))[1]
+    root = str(Path(objects.__file__).resolve().parent.parent)   # the kdns being run
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))))
+    procs = [subprocess.Popen([sys.executable, "-c", "from kdns.sources.manifests import _worker; _worker()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+             for _ in shares]
+    results: list = [None] * len(paths)
+    try:
+        for proc, share in zip(procs, shares):
+            proc.stdin.write(pickle.dumps([paths[i] for i in share]))
+            proc.stdin.close()
+        for proc, share in zip(procs, shares):
+            for i, result in zip(share, pickle.load(proc.stdout)):
+                results[i] = result
+            if proc.wait(timeout=60) != 0:
+                raise subprocess.SubprocessError(f"worker exited with {proc.returncode}")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
+
+
+def _worker() -> None:
+    """A worker process of _in_workers: paths in (pickled, on stdin), results out (stdout)."""
+    paths = pickle.load(sys.stdin.buffer)
+    pickle.dump([_parse_file(p) for p in paths], sys.stdout.buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    sys.stdout.buffer.flush()
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
