@@ -51,7 +51,7 @@ class Server:
     def __init__(self, holder: Holder, listen: tuple[tuple[str, int], ...], cache_size: int = 20000,
                  forwarder=None, batch: int = 64):
         self.holder = holder
-        self.batch = max(1, min(batch, 1024))   # datagrams per recvmmsg/sendmmsg; 1 = recvfrom
+        self.batch = batch        # datagrams per recvmmsg/sendmmsg (Config checks 1-1024); 1 = recvfrom
         self.listen = listen
         self.cache_size = max(1, cache_size)
         self.forwarder = forwarder
@@ -285,10 +285,7 @@ class Server:
         finally:
             self._forward_slots.release()
         self.stats.computed(packet, "udp")
-        try:
-            reply(packet)
-        except OSError:
-            pass
+        reply(packet)                            # _udp_send: a failed send is dropped there
 
     def _slow(self, data: bytes, query: wire.Query, resp: ans.Response, limit: int, tcp: bool) -> bytes:
         """Answers that need an upstream: forwarded names, ExternalName chases, PTR fallthrough."""

@@ -192,10 +192,13 @@ def kdns_accepts(flag: str) -> bool:
     return flag in _HELP[0]
 
 
-def kdns(manifests: Path, port: int, probe: tuple[str, str], upstream: int | None,
-         extra: list[str] | None = None, ready_timeout: float = 600.0) -> Spec:
-    argv = [sys.executable, "-m", "kdns", "serve", "--manifests", str(manifests),
-            "--listen", f"127.0.0.1:{port}", *(extra or [])]
+def kdns(manifests: Path | None, port: int, probe: tuple[str, str], upstream: int | None,
+         extra: list[str] | None = None, ready_timeout: float = 600.0, name: str = "kdns") -> Spec:
+    """This checkout's ``kdns serve`` on 127.0.0.1:port, from ``manifests`` (None: the source
+    is in ``extra``, e.g. --kubeconfig)."""
+    source = ["--manifests", str(manifests)] if manifests is not None else []
+    argv = [sys.executable, "-m", "kdns", "serve", *source, "--listen", f"127.0.0.1:{port}",
+            *(extra or [])]
     note = ""
     if upstream is not None:
         if kdns_accepts("--upstream"):
@@ -205,7 +208,7 @@ def kdns(manifests: Path, port: int, probe: tuple[str, str], upstream: int | Non
     elif kdns_accepts("--resolv-conf"):
         argv += ["--resolv-conf", ""]        # no forwarding to the host's resolvers: 127.0.0.1 only
     env = {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return Spec("kdns", argv, probe, port, note, cwd=REPO, env=env, ready_timeout=ready_timeout)
+    return Spec(name, argv, probe, port, note, cwd=REPO, env=env, ready_timeout=ready_timeout)
 
 
 # --------------------------------------------------------------------------- dnsmasq

@@ -20,7 +20,6 @@ The fake API lives in tests/, so this needs a checkout (as the rest of the harne
 from __future__ import annotations
 
 import importlib.util
-import os
 import socket
 import statistics
 import sys
@@ -29,9 +28,9 @@ from pathlib import Path
 
 import dns.message
 
-from kdns.bench import cluster as gen
+from kdns.bench import cluster as gen, servers
 from kdns.bench.report import coredns_mb
-from kdns.bench.servers import REPO, Running, Spec, Unavailable, free_port
+from kdns.bench.servers import REPO, Running, Unavailable, free_port
 
 FAKEAPI = REPO / "tests" / "fakeapi.py"
 
@@ -59,10 +58,8 @@ def measure(services: int, endpoints: int, *, events: int, seed: int, tmp: Path,
         for doc in gen.documents(model):
             api.apply(doc)                      # apply: the fake already has default, kube-system
         port = free_port()
-        argv = [sys.executable, "-m", "kdns", "serve", "--kubeconfig", str(api.kubeconfig(tmp / "kubeconfig")),
-                "--listen", f"127.0.0.1:{port}", "--resolv-conf", ""]
-        env = {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        spec = Spec("kdns-api", argv, probe, port, cwd=REPO, env=env, ready_timeout=600.0)
+        spec = servers.kdns(None, port, probe, None, name="kdns-api",
+                            extra=["--kubeconfig", str(api.kubeconfig(tmp / "kubeconfig"))])
         with Running(spec, tmp) as run:
             out["ready_s"] = run.ready_after
             time.sleep(1.0)                     # let the first snapshot's garbage go

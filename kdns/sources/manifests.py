@@ -181,7 +181,8 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
                       _parse_files([p for p in found if p not in cached], stamps)))
     for path in found:
         if path in cached:
-            objs, reused = cached[path], True
+            # no document index for objects from the cache: a clash below reads all again
+            objs, reused = [(path, obj) for obj in cached[path]], True
         else:
             objs, file_problems, file_skipped = parsed[path]
             problems.extend(file_problems)
@@ -192,8 +193,7 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
                     files[str(path)] = (stamps[path], [obj for _, obj in objs])
                 else:
                     files.pop(str(path), None)
-        for entry in objs:
-            where, obj = entry if isinstance(entry, tuple) else (path, entry)
+        for where, obj in objs:
             key = obj.key if not isinstance(obj, objects.Namespace) else obj.name
             table = getattr(cluster, _TABLES[type(obj)])
             if key in table and table[key] != obj:
@@ -205,7 +205,7 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
         log.info("skipping %d %s object(s): kdns serves Services, EndpointSlices, Endpoints, "
                  "Namespaces and Pods", count, kind)
     if problems:
-        if reused and files is not None:
+        if reused:
             # A clash with an object from a file not re-read: its lines lack the document
             # index; read everything again for messages that name it.
             return load(paths, service_cidr, None)
@@ -366,8 +366,7 @@ class Watcher:
     # Past this many changed objects, one reset (a full recompile) beats event by event.
     RESET_ABOVE = 2000
 
-    def __init__(self, paths: list, service_cidr: str, sink, interval: float = 2.0,
-                 cluster: Cluster | None = None):
+    def __init__(self, paths: list, service_cidr: str, sink, interval: float = 2.0):
         self.paths = paths
         self.service_cidr = service_cidr
         self.sink = sink
@@ -375,8 +374,8 @@ class Watcher:
         self._stop = threading.Event()
         self._seen = self._stamp()
         self._files: dict = {}
-        # What the sink holds now; without it (or a file cache) the first reload is a reset.
-        self._cluster = cluster
+        # What the sink holds now (set by loaded()); without it the first reload is a reset.
+        self._cluster: Cluster | None = None
 
     @classmethod
     def loaded(cls, paths: list, service_cidr: str, sink, interval: float = 2.0) -> tuple["Watcher", Cluster]:
