@@ -15,7 +15,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from kdns import forward
+from kdns import forward, rawwire
 from kdns.forward import Forwarder, ForwardConfigError
 from dnsstub import Stub, closed_port
 
@@ -296,7 +296,7 @@ def test_resolve_uncompresses_names_in_rdata(stub, clock):
     rcode, rrs = fwd.resolve("alias.example.com.", forward.T_CNAME)
     assert rcode == forward.NOERROR
     (rr,) = rrs
-    assert rr.rdata == forward.name_to_wire("www.example.com.")
+    assert rr.rdata == rawwire.name_to_wire("www.example.com.")
     parsed = dns.message.from_wire(
         b"\x00\x00\x84\x00\x00\x00\x00\x01\x00\x00\x00\x00" + rr.to_wire())
     assert parsed.answer[0].to_text() == "alias.example.com. 60 IN CNAME www.example.com."
@@ -483,13 +483,13 @@ def test_garbage_never_escapes_as_anything_but_wire_error(stub, clock):
                     data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 4)))
             data = bytes(data)
             try:
-                forward.parse_query(data)
-            except forward.WireError:
+                rawwire.parse_query(data)
+            except rawwire.WireError:
                 pass
             try:
                 entry = forward.normalise(data, 0.0)
-                forward.serve(entry, forward.parse_query(query), 512, 1.0)
+                forward.serve(entry, rawwire.parse_query(query), 512, 1.0)
                 forward.answer_records(entry, 1.0)
-            except forward.WireError:
+            except rawwire.WireError:
                 pass
             fwd.cached(data)          # None or bytes; never an exception
