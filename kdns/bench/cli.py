@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from kdns.bench import check, cluster as gen, dnsperf, report, servers, watch, workloads
+from kdns.bench import check, cluster as gen, cpu, dnsperf, live, report, servers, watch, workloads
 from kdns.bench.servers import Running, Unavailable
 
-SERVERS = ("kdns", "dnsmasq-a", "dnsmasq-srv", "unbound", "knot", "ceiling")
+SERVERS = ("kdns", "kdns-nocache", "dnsmasq-a", "dnsmasq-srv", "unbound", "knot", "ceiling")
 
 
 def _csv(choices: tuple[str, ...], what: str):
@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "RSS, event->answer), 10 endpoints each; default --services; 0 skips")
     p.add_argument("--watch-events", type=int, default=100, metavar="N",
                    help="watch events timed from the fake API storing them to kdns answering (default 100)")
+    p.add_argument("--churn-services", default="1000", metavar="LIST",
+                   help="workload (d): service counts (10 endpoints each) for the churn report, kdns serve "
+                        "--kubeconfig on tests/fakeapi.py with EndpointSlice churn on other Services; "
+                        "'' skips (default 1000)")
+    p.add_argument("--churn-rates", default="0,10,100,1000", metavar="LIST",
+                   help="workload (d): EndpointSlice changes per second (default 0,10,100,1000)")
+    p.add_argument("--churn-hot", type=int, default=200, metavar="N",
+                   help="workload (d): hot services asked for (A) while the others change (default 200)")
     p.add_argument("--change-timeout", type=float, default=300.0,
                    help="longest wait for a manifest change to show in answers (seconds)")
     p.add_argument("--rounds", type=int, default=1,
@@ -81,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         dnsperf.binary()
         model = gen.generate(args.services, args.endpoints, namespaces=args.namespaces, seed=args.seed)
         sizes = [int(s) for s in args.memory_sizes.split(",") if s.strip()]
+        args.churn_sizes = [int(s) for s in args.churn_services.split(",") if s.strip()]
+        args.churn_rate_list = [float(s) for s in args.churn_rates.split(",") if s.strip()]
+        if any(r < 0 for r in args.churn_rate_list) or any(n < 1 for n in args.churn_sizes):
+            raise ValueError("--churn-rates must be >= 0 and --churn-services >= 1")
     except (ValueError, dnsperf.DnsperfError) as exc:
         print(f"kdns.bench: {exc}", file=sys.stderr)
         return 2
@@ -156,6 +168,10 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
     if ratio_items:
         print("\nratios (QPS, same run):")
         print(report.ratio_lines(ratio_items))
+    cpu_text = report.cpu_lines(rows)
+    if cpu_text:
+        print("\nCPU per answered query (server utime + stime over the measured dnsperf run, same run):")
+        print(cpu_text)
 
     memory = []
     if sizes and "kdns" in names:
@@ -169,6 +185,14 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
         api_source = _watch(args, tmp)
         print(f"\nkdns watch source (kdns serve --kubeconfig on tests/fakeapi.py, {args.watch_events} events):")
         print(report.watch_lines(api_source))
+    churn = []
+    if args.churn_sizes and args.churn_rate_list and "kdns" in names:
+        for n in args.churn_sizes:
+            churn.append(_churn(n, args, tmp))
+            print(f"\n(d) churn: {args.churn_hot} hot A names while the fake API applies EndpointSlice changes "
+                  f"to other Services; {n:,} services, {n * 10:,} endpoints; dnsperf -l {args.duration:g}; "
+                  f"medians of {args.rounds} round(s), spread in brackets:")
+            print(report.churn_lines(churn[-1]))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
                                          "cluster": {"services": len(model.services),
@@ -176,7 +200,7 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
                                                      "namespaces": len(model.namespaces),
                                                      "records": len(records)},
                                          "results": rows, "ratios": ratio_items, "memory": memory,
-                                         "watch": api_source}, indent=2))
+                                         "watch": api_source, "churn": churn}, indent=2))
     return 0
 
 
@@ -184,6 +208,11 @@ def _spec(name: str, tmp: Path, manifests: Path, records, probe, upstream: int |
     port = servers.free_port()
     if name == "kdns":
         return servers.kdns(manifests, port, probe, upstream)
+    if name == "kdns-nocache":              # every query takes the miss path: its CPU per query
+        spec = servers.kdns(manifests, port, probe, upstream, extra=["--cache-size", "1"], name=name)
+        spec.note = (spec.note + "; " if spec.note else "") + \
+            "kdns --cache-size 1: every answer computed (the forwarding cache is 1 entry too)"
+        return spec
     if name == "dnsmasq-a":
         return servers.dnsmasq(tmp, name, records, port, probe, srv=False, upstream=upstream)
     if name == "dnsmasq-srv":
@@ -208,6 +237,7 @@ def _median(runs: list[dict]) -> dict:
     row["rounds"] = len(ok)
     row["qps_runs"] = [r["qps"] for r in ok]
     row["qps_rounds"] = rounds
+    row["cpu_us_runs"] = [r["cpu_us"] for r in ok if r.get("cpu_us") is not None]
     return row
 
 
@@ -279,8 +309,10 @@ class Bench:
             if args.warmup > 0:
                 dnsperf.run(spec.port, datafile, args.warmup, clients=args.clients, outstanding=args.outstanding)
                 drained += run.quiesce()
+            meter = cpu.Meter(run.proc.pid).start()
             res = dnsperf.run(spec.port, datafile, args.duration, clients=args.clients,
                               outstanding=args.outstanding, qps_limit=args.qps)
+            cpu_s = meter.stop()
             drained += run.quiesce()
             p99 = None
             if args.latency_duration > 0:
@@ -296,10 +328,12 @@ class Bench:
         if drained > 2:
             notes.append(f"busy {drained:.0f} s after its runs (draining a backlog)")
         row.update(qps=res.qps, avg_ms=res.avg_ms, p99_ms=p99, lost_pct=res.lost_pct, sent=res.sent,
+                   completed=res.completed, cpu_s=cpu_s, cpu_us=cpu.us_per_query(cpu_s, res.completed),
                    rcodes=res.rcodes, rss_mb=run.rss_kb() / 1024, asked=asked, wrong=wrong,
                    note="; ".join(notes))
         self.samples.setdefault((w, spec.name), []).append(row)
-        _say(f"{spec.name} {w}: {res.qps:,.0f} QPS, lost {res.lost_pct:.2f}%, check {asked - wrong}/{asked}")
+        _say(f"{spec.name} {w}: {res.qps:,.0f} QPS, lost {res.lost_pct:.2f}%, "
+             f"CPU {row['cpu_us'] or 0:.1f} us/query, check {asked - wrong}/{asked}")
 
 
 def _memory(services: int, endpoints: int, args, tmp: Path) -> dict:
@@ -337,6 +371,14 @@ def _watch(args, tmp: Path) -> dict:
     _say(f"kdns watch source: ready {out.get('ready_s', 0):.2f} s, {out.get('rss_mb', 0):.1f} MB, "
          f"events {out.get('event_ms')}")
     return out
+
+
+def _churn(services: int, args, tmp: Path) -> dict:
+    _say(f"(d) churn at {services:,} services, rates {args.churn_rates}: starting")
+    try:
+        return live.measure(services, args, tmp, rates=args.churn_rate_list, hot_count=args.churn_hot, say=_say)
+    except (Unavailable, OSError, dnsperf.DnsperfError) as exc:
+        return {"services": services, "runs": [{"server": "kdns-api", "rate": 0, "error": str(exc)}]}
 
 
 def _change_to_answer(run: Running, directory: Path, timeout: float) -> dict:
