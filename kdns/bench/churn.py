@@ -22,12 +22,14 @@ import argparse
 import copy
 import http.client
 import ipaddress
+import itertools
 import json
 import random
 import signal
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
@@ -38,6 +40,7 @@ from kdns.bench.cluster import DOMAIN
 # the watch report's 10.255/16.
 FRESH_NET = ipaddress.ip_network("10.248.0.0/14")
 SERVICE_LABEL = "kubernetes.io/service-name"
+DOWN = 32                # pods down at once across the cluster (each back 2 * DOWN changes later)
 
 
 def slice_path(doc: dict) -> str:
@@ -56,31 +59,39 @@ def changes(slices: list[dict], seed: int = 11) -> Iterator[tuple[dict, tuple[st
     """Endless (new slice object, (qname, address) it makes answerable or None) pairs.
 
     Slices are taken round-robin in a shuffled order, and each one's endpoints are rolled in
-    turn: endpoint k of slice i goes not ready, then the pod of slice i-1 that went not ready
-    before it comes back ready on a fresh address. Every other change is thus a new address,
-    and no two consecutive changes touch the same Service."""
+    turn: endpoint k of slice i goes not ready, then the pod that went not ready ``DOWN`` slices
+    earlier comes back ready on a fresh address. Every other change is thus a new address, and
+    two changes of one slice are at least DOWN changes apart when there are more slices than
+    that (the driver also never has two of one slice in flight, so they cannot land out of
+    order)."""
     docs = [copy.deepcopy(d) for d in slices if d.get("endpoints")]
     if not docs:
         raise ValueError("the churn plan holds no EndpointSlice with endpoints")
     random.Random(seed).shuffle(docs)
     rolling = [0] * len(docs)                 # the endpoint each slice rolls next
-    fresh = 0
-    pending: int | None = None                # the slice whose endpoint is down
+    fresh = itertools.count()
+    down: deque[int] = deque()                # slices with an endpoint down, oldest first
+
+    def back_up(j: int) -> tuple[dict, tuple[str, str]]:
+        doc = docs[j]
+        ep = doc["endpoints"][rolling[j]]
+        ip = str(FRESH_NET.network_address + 2 + next(fresh) % (FRESH_NET.num_addresses - 4))
+        ep["addresses"] = [ip]
+        ep["conditions"] = {"ready": True, "serving": True, "terminating": False}
+        rolling[j] = (rolling[j] + 1) % len(doc["endpoints"])
+        return copy.deepcopy(doc), (endpoint_fqdn(doc, ep), ip)
+
     while True:
         for i, doc in enumerate(docs):
-            ep = doc["endpoints"][rolling[i]]
-            ep["conditions"] = {"ready": False, "serving": False, "terminating": True}
+            if i in down:                     # fewer slices than DOWN: bring it back first
+                down.remove(i)
+                yield back_up(i)
+            doc["endpoints"][rolling[i]]["conditions"] = {"ready": False, "serving": False,
+                                                          "terminating": True}
             yield copy.deepcopy(doc), None
-            if pending is not None and pending != i:
-                back = docs[pending]
-                ep = back["endpoints"][rolling[pending]]
-                ip = str(FRESH_NET.network_address + 2 + fresh % (FRESH_NET.num_addresses - 4))
-                fresh += 1
-                ep["addresses"] = [ip]
-                ep["conditions"] = {"ready": True, "serving": True, "terminating": False}
-                rolling[pending] = (rolling[pending] + 1) % len(back["endpoints"])
-                yield copy.deepcopy(back), (endpoint_fqdn(back, ep), ip)
-            pending = i
+            down.append(i)
+            if len(down) > DOWN:
+                yield back_up(down.popleft())
 
 
 class Driver:
@@ -98,6 +109,8 @@ class Driver:
         self.connections = max(1, connections)
         self._changes = changes(slices, seed)
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight: set[str] = set()         # slice paths being written
         self._next = 0
         self.stopping = threading.Event()
         self.sent = self.errors = 0
@@ -107,13 +120,26 @@ class Driver:
         self.started = self.ended = 0.0
 
     def _take(self) -> tuple[int, dict, tuple[str, str] | None] | None:
+        """The next change, in order; it waits while the previous change of the same slice is
+        still being written, so a slice's versions land in the order they were made."""
         with self._lock:
             if self.stopping.is_set() or self._next >= self.count:
                 return None
             i = self._next
             self._next += 1
             doc, check = next(self._changes)
+            path = slice_path(doc)
+            while path in self._in_flight and not self.stopping.is_set():
+                self._idle.wait(0.1)
+            if self.stopping.is_set():
+                return None
+            self._in_flight.add(path)
         return i, doc, check
+
+    def _done(self, doc: dict) -> None:
+        with self._lock:
+            self._in_flight.discard(slice_path(doc))
+            self._idle.notify_all()
 
     def _worker(self) -> None:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
@@ -128,14 +154,16 @@ class Driver:
                 now = time.monotonic()
                 if due > deadline or now > deadline:
                     self.stopping.set()
+                    self._done(doc)
                     return
-                if due > now:
-                    if self.stopping.wait(due - now):
-                        return
-                else:
+                if due > now and self.stopping.wait(due - now):
+                    self._done(doc)
+                    return
+                if due <= now:
                     with self._lock:
                         self.behind = max(self.behind, now - due)
                 ok, error = self._put(conn, doc)
+                self._done(doc)
                 with self._lock:
                     if ok:
                         self.sent += 1
