@@ -115,7 +115,7 @@ def _say(text: str) -> None:
 
 def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
     names = args.only or list(SERVERS)
-    chosen = args.workload or list(workloads.WORKLOADS)
+    chosen = list(workloads.WORKLOADS) if args.workload is None else args.workload   # '' = none
     machine = report.machine()
     _say(f"cluster: {len(model.services):,} services, {model.endpoint_count:,} endpoints, "
          f"{len(model.namespaces)} namespaces; workloads {', '.join(chosen)}; servers {', '.join(names)}")
@@ -134,7 +134,7 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
 
     samples: dict[tuple[str, str], list[dict]] = {}
     upstream = None
-    if "b" in chosen:
+    if "b" in chosen and names:
         port = servers.free_port()
         try:
             upstream = Running(servers.upstream_dnsmasq(tmp, port, workloads.EXTERNAL), tmp).__enter__()
@@ -143,7 +143,9 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
     up = upstream.spec.port if upstream else None
     bench = Bench(args, tmp, files, queries, expect, samples)
     try:
-        if args.together:
+        if not chosen:
+            pass                                # --workload '': only the reports below
+        elif args.together:
             bench.together(names, chosen, lambda n: _spec(n, tmp, manifests, records, probe, up))
         else:
             for r in range(args.rounds):
@@ -161,7 +163,8 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
           f"{len(model.namespaces)} namespaces, {len(records):,} records; dnsperf -l {args.duration:g} "
           f"-c {args.clients} -q {args.outstanding}{f' -Q {args.qps}' if args.qps else ''}; "
           f"p99 from a {args.latency_duration:g} s -v run\n")
-    print(report.table(rows))
+    if rows:
+        print(report.table(rows))
     for name, note in bench.notes.items():
         if note:
             print(f"  {name}: {note}")
