@@ -1,10 +1,12 @@
 """python -m kdns.bench: kdns against dnsmasq, unbound, knot and a C ceiling, in one run.
 
 Generates a cluster, starts each server in turn on a 127.0.0.1 high port with the same records,
-runs dnsperf (bounded by -l) for every workload, and prints one table plus the kdns/peer ratios;
+runs dnsperf (bounded by -l) for every workload, and prints one table (QPS and server CPU per
+answered query) plus the kdns/peer ratios;
 then starts kdns alone at 1k and 10k services to report memory, start-to-ready time, and how long
 a manifest change takes to show in answers; then kdns on the in-repo fake API server for the
-watch source's start-to-ready, memory and event-to-answer latency. See docs/bench.md.
+watch source's start-to-ready, memory and event-to-answer latency; then workload (d), hot names
+while a churn driver changes other Services through that fake API. See docs/bench.md.
 """
 
 from __future__ import annotations
