@@ -161,11 +161,11 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
     ratio_items = report.ratios(rows)
     print(f"\nkdns.bench {machine['date']}: {machine['cpus']} CPUs ({machine['cpu']}), {machine['memory']}, "
           f"Linux {machine['kernel']}, Python {machine['python']}; load before run {machine['load']}")
-    print(f"cluster: {len(model.services):,} services, {model.endpoint_count:,} endpoints, "
-          f"{len(model.namespaces)} namespaces, {len(records):,} records; dnsperf -l {args.duration:g} "
-          f"-c {args.clients} -q {args.outstanding}{f' -Q {args.qps}' if args.qps else ''}; "
-          f"p99 from a {args.latency_duration:g} s -v run\n")
     if rows:
+        print(f"cluster: {len(model.services):,} services, {model.endpoint_count:,} endpoints, "
+              f"{len(model.namespaces)} namespaces, {len(records):,} records; dnsperf -l {args.duration:g} "
+              f"-c {args.clients} -q {args.outstanding}{f' -Q {args.qps}' if args.qps else ''}; "
+              f"p99 from a {args.latency_duration:g} s -v run\n")
         print(report.table(rows))
     for name, note in bench.notes.items():
         if note:
