@@ -207,6 +207,10 @@ def _one_rate(kdns: Running, url: str, plan_file: Path, rate: float, datafile: P
             churn.stop()
         row["error"] = str(exc)
         return row
+    except BaseException:                       # interrupted, API gone: never leave the driver behind
+        if churn:
+            churn.stop()
+        raise
     fresh = _fresh_after(kdns.spec.port, summary.get("last"), timeout=min(FRESH_TIMEOUT_S, args.change_timeout))
     kdns.quiesce()
     row.update(_row("kdns-api", rate, res, cpu_s, kdns.rss_kb() / 1024))
