@@ -1,9 +1,14 @@
 """The packet cache: answers kept exactly as long as the data they were read from.
 
 Key: the query after its 2-byte ID (flags, question as sent, EDNS; a COOKIE option cut out).
-Value: (the response after its ID, its stats cell, the deps it was read from). The UDP loops
-look keys up with a bare ``dict.get``, no lock and no check, so a hit costs what it cost when
-the cache was emptied at every snapshot.
+Value: [the response after its ID, its stats cell, the deps it was read from, its rotation or
+None]. The UDP loops look keys up with a bare ``dict.get``, no lock and no check, so a hit costs
+what it cost when the cache was emptied at every snapshot.
+
+Rotation (--loadbalance, as kubeadm's Corefile has CoreDNS's loadbalance): an answer section of
+several A or AAAA records whose owner is the question pointer is a run of equal-sized,
+position-independent RRs, so each hit can serve it rotated by one more record with four slices,
+with no re-encoding and nothing precomputed per rotation.
 
 Validity follows the data, not the snapshot: ``sync`` is called by a UDP loop when it sees a new
 snapshot, and drops only the entries whose deps (a Service, a namespace, an IP's PTR, a pod; see
@@ -55,7 +60,8 @@ class PacketCache:
                             self._drop(key)
             self.version = snap.version
 
-    def put(self, key: bytes, tail: bytes, cell, deps, version: int) -> None:
+    def put(self, key: bytes, tail: bytes, cell, deps, version: int, rotation=None) -> None:
+        """``rotation``: (start, end, record size) of a rotatable run of records in ``tail``."""
         with self._lock:
             if version != self.version:
                 return                       # computed from a snapshot the cache has moved past
@@ -65,7 +71,8 @@ class PacketCache:
                 for old in list(itertools.islice(self.entries, max(1, len(self.entries) // 4))):
                     self._drop(old)
             deps = tuple(dict.fromkeys(deps))
-            self.entries[key] = (tail, cell, deps)
+            self.entries[key] = [tail, cell, deps,
+                                 None if rotation is None else [0, *rotation]]
             by_dep = self._by_dep
             for dep in deps:
                 keys = by_dep.get(dep)
@@ -88,6 +95,19 @@ class PacketCache:
                 keys.pop(key, None)
                 if not keys:
                     del by_dep[dep]
+
+
+def rotated(entry: list) -> bytes:
+    """The entry's response with its record run rotated one record further than last time."""
+    tail = entry[0]
+    rot = entry[3]
+    turn, start, end, size = rot
+    turn += size
+    if turn >= end - start:
+        turn = 0
+    rot[0] = turn                    # two threads may serve the same turn: harmless
+    cut = start + turn
+    return tail[:start] + tail[cut:end] + tail[start:cut] + tail[end:]
 
 
 def evict_oldest(cache: dict) -> None:

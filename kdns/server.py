@@ -32,7 +32,7 @@ from kdns import answer as ans
 from kdns import mmsg, wire
 from kdns.metrics import COMPUTED, HITS, QueryStats
 from kdns.badinput import BadInputLog
-from kdns.packetcache import PacketCache, evict_oldest
+from kdns.packetcache import PacketCache, evict_oldest, rotated
 from kdns.snapshot import Holder, Snapshot
 
 log = logging.getLogger("kdns.server")
@@ -47,13 +47,15 @@ MAX_PENDING_FORWARDS = 1000
 
 class Server:
     def __init__(self, holder: Holder, listen: tuple[tuple[str, int], ...], cache_size: int = 20000,
-                 forwarder=None, batch: int = 64):
+                 forwarder=None, batch: int = 64, loadbalance: bool = True):
         self.holder = holder
         self.batch = batch        # datagrams per recvmmsg/sendmmsg (Config checks 1-1024); 1 = recvfrom
         self.listen = listen
         self.cache_size = max(1, cache_size)
         self.forwarder = forwarder
         self.cache = PacketCache(holder, self.cache_size)
+        self.loadbalance = loadbalance          # rotate A/AAAA RRsets between answers
+        self._turn = 0                          # the rotation of uncached (TCP) answers
         self._forward_memo: dict = {}           # query after ID -> (reply after ID, valid until, cell)
         self._udp: list[socket.socket] = []
         self._tcp: list[socket.socket] = []
@@ -132,8 +134,8 @@ class Server:
                 gen = snap
             hit = lookup(data[2:])
             if hit is not None:
-                hit[1][HITS] += 1                # (response after the ID, its stats cell, deps)
-                packet = data[:2] + hit[0]
+                hit[1][HITS] += 1                # [response after the ID, stats cell, deps, rotation]
+                packet = data[:2] + (hit[0] if hit[3] is None else rotated(hit))
             else:
                 packet = self._udp_miss(sock, data, snap, lambda a=addr: a)
                 if packet is None:
@@ -173,9 +175,10 @@ class Server:
                 at += slot
                 hit = lookup(view[at + 2:at + size].tobytes())
                 if hit is not None:
-                    hit[1][hits] += 1            # (response after the ID, its stats cell, deps)
-                    end = at + 2 + len(hit[0])
-                    view[at + 2:end] = hit[0]
+                    hit[1][hits] += 1            # [response after the ID, stats cell, deps, rotation]
+                    tail = hit[0] if hit[3] is None else rotated(hit)
+                    end = at + 2 + len(tail)
+                    view[at + 2:end] = tail
                 else:
                     packet = self._udp_miss(sock, view[at:at + size].tobytes(), snap,
                                             lambda i=i: peer(i))
@@ -193,9 +196,9 @@ class Server:
                 send(first, n - first)
 
     def _udp_miss(self, sock, data: bytes, snap: Snapshot, peer) -> bytes | None:
-        """A query the packet cache does not hold: the forwarding cache (no dnslib, no thread
-        hop), else the full path. ``peer()`` gives the sender, asked for only when an answer
-        may come later from a worker. Returns the packet to send now, or None."""
+        """A query the packet cache does not hold: a memoised forwarded reply, else the full
+        path. ``peer()`` gives the sender, asked for only when an answer may come later from a
+        worker. Returns the packet to send now, or None."""
         forwarder = self.forwarder
         if forwarder is not None:
             # The same question within the same second of a forwarding-cache entry's life gets
@@ -206,13 +209,6 @@ class Server:
             if memo is not None and memo[1] > forwarder.clock():
                 memo[2][COMPUTED] += 1
                 return data[:2] + memo[0]
-            hit = forwarder.cached_until(data)
-            if hit is not None:
-                packet, until = hit
-                if len(self._forward_memo) >= self.cache_size:
-                    evict_oldest(self._forward_memo)
-                self._forward_memo[key] = (packet[2:], until, self.stats.computed(packet, "udp"))
-                return packet
         addr = peer()
         try:
             return self._respond(data, snap, self.cache, tcp=False,
@@ -250,7 +246,7 @@ class Server:
             hit = cache.entries.get(query.packet_key)
             if hit is not None:
                 hit[1][HITS] += 1
-                return data[:2] + hit[0]
+                return data[:2] + (hit[0] if hit[3] is None else rotated(hit))
         try:
             resp = ans.answer(snap, query.qname, query.qtype)
         except Exception as e:
@@ -258,6 +254,16 @@ class Server:
             return self._counted(wire.servfail(query), transport)
         limit = MAX_TCP_MESSAGE if tcp else wire.udp_limit(query)
         if self.forwarder is not None and (resp.forward or resp.chase or resp.fallthrough):
+            if not tcp and resp.forward:
+                # The forwarding cache, asked only once the name is known to be outside our
+                # zones (an in-zone miss never pays for a second parse).
+                hit = self.forwarder.cached_until(data)
+                if hit is not None:
+                    packet, until = hit
+                    if len(self._forward_memo) >= self.cache_size:
+                        evict_oldest(self._forward_memo)
+                    self._forward_memo[data[2:]] = (packet[2:], until, self.stats.computed(packet, "udp"))
+                    return packet
             if tcp:
                 return self._counted(self._slow(data, query, resp, limit, tcp), transport)
             if not self._forward_slots.acquire(blocking=False):
@@ -266,12 +272,34 @@ class Server:
             return None
         if resp.forward:
             resp = ans.Response(ans.REFUSED, authoritative=False)   # no upstream configured
+        run = self._rotatable(query, resp)
+        if run and cache is None:
+            self._turn += 1                      # uncached: rotate the records themselves
+            turn = self._turn % run
+            resp.answer = resp.answer[turn:] + resp.answer[:turn]
         packet = wire.encode(query, resp, limit)
         cell = self.stats.computed(packet, transport)
         self.stats.observe(perf_counter() - start)
         if cache is not None:
-            cache.put(query.packet_key, packet[2:], cell, resp.deps, snap.version)
+            rotation = None
+            if run and not packet[2] & 0x02:     # a truncated answer is not rotated
+                size = 16 if query.qtype == ans.A else 28
+                first = len(query.question) + 10     # the answer section, after the ID
+                rotation = (first, first + run * size, size)
+            cache.put(query.packet_key, packet[2:], cell, resp.deps, snap.version, rotation)
         return packet
+
+    def _rotatable(self, query: wire.Query, resp: ans.Response) -> int:
+        """The number of records to rotate: an answer of several A (or AAAA) records owned by
+        the question itself (so each is a fixed-size, position-independent RR), else 0."""
+        answer = resp.answer
+        if not self.loadbalance or len(answer) < 2 or query.qtype not in (ans.A, ans.AAAA):
+            return 0
+        qname, qtype = query.qname, query.qtype
+        for owner, rtype, _, _ in answer:
+            if rtype != qtype or owner != qname:
+                return 0
+        return len(answer)
 
     def _counted(self, packet: bytes, transport: str) -> bytes:
         self.stats.computed(packet, transport)

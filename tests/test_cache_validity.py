@@ -314,3 +314,52 @@ def test_a_tsig_signed_query_gets_notauth_badkey_not_an_unsigned_answer(embedded
     mac_size = struct.unpack("!H", rdata[len(algorithm) + 8:len(algorithm) + 10])[0]
     assert mac_size == 0
     assert rdata[len(algorithm) + 10:] == struct.pack("!HHH", q.id, 17, 0)
+
+
+# ---- answer rotation (--loadbalance, on by default as in kubeadm's Corefile)
+
+def first_addresses(server: Kdns, name: str, times: int, **kw) -> dict[str, int]:
+    firsts: dict[str, int] = {}
+    for _ in range(times):
+        resp = server.query(name, **kw)
+        assert dns.rcode.to_text(resp.rcode()) == "NOERROR"
+        ips = [rd.address for rrset in resp.answer for rd in rrset]
+        assert sorted(ips) == ["10.244.1.5", "10.244.2.5", "10.244.3.5"]
+        firsts[ips[0]] = firsts.get(ips[0], 0) + 1
+    return firsts
+
+
+@pytest.fixture
+def headless(api, tmp_path):
+    api.create(service("prod", "pg", "None", ports=[{"name": "pg", "port": 5432, "protocol": "TCP"}]))
+    api.create(endpointslice("prod", "pg-a", "pg", ["10.244.1.5", "10.244.2.5", "10.244.3.5"]))
+
+    def start(*extra: str) -> Kdns:
+        server = Kdns("--kubeconfig", api.kubeconfig(tmp_path / "kubeconfig"), "--api-timeout", "1",
+                      "--http", "127.0.0.1:0", *extra)
+        server.http = int(re.search(r"http on 127\.0\.0\.1:(\d+)", server.log()).group(1))
+        assert wait_for(lambda: server.query(PG).answer, WAIT)
+        servers.append(server)
+        return server
+    servers: list[Kdns] = []
+    yield start
+    for s in servers:
+        s.stop()
+
+
+def test_a_headless_answer_rotates_through_the_packet_cache(headless):
+    server = headless()
+    h, m = hits(server)
+    # Round robin: each of the 3 addresses comes first exactly 10 times in 30 answers, all of
+    # them packet-cache hits (the fixture's wait asked first).
+    assert first_addresses(server, PG, 30) == {"10.244.1.5": 10, "10.244.2.5": 10, "10.244.3.5": 10}
+    h2, m2 = hits(server)
+    assert (h2 - h, m2 - m) == (30, 0)
+    # Over TCP too (not cached: the records themselves are rotated).
+    assert first_addresses(server, PG, 30, tcp=True) == {"10.244.1.5": 10, "10.244.2.5": 10,
+                                                         "10.244.3.5": 10}
+
+
+def test_no_loadbalance_keeps_endpointslice_order(headless):
+    server = headless("--no-loadbalance")
+    assert first_addresses(server, PG, 12) == {"10.244.1.5": 12}
