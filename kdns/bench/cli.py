@@ -264,12 +264,14 @@ class Bench:
     def alone(self, name: str, chosen, make_spec, round_no: int) -> None:
         """Start one server, run every workload, stop it: nothing else is running meanwhile."""
         try:
-            spec = make_spec(name)
             _say(f"{name}: starting (round {round_no + 1})")
-            with Running(spec, self.tmp) as run:
+            run = servers.start(lambda: make_spec(name), self.tmp)
+            try:
                 _say(f"{name}: ready after {run.ready_after:.2f} s, RSS {run.rss_kb() / 1024:.1f} MB")
                 for w in chosen:
                     self.one(run, w)
+            finally:
+                run.stop()
         except (Unavailable, OSError) as exc:
             if round_no == 0:
                 self._file(name, chosen, exc)
@@ -281,7 +283,7 @@ class Bench:
         try:
             for name in names:
                 try:
-                    run = Running(make_spec(name), self.tmp).__enter__()
+                    run = servers.start(lambda: make_spec(name), self.tmp)
                 except (Unavailable, OSError) as exc:
                     self._file(name, chosen, exc)
                     continue

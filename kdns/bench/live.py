@@ -145,14 +145,16 @@ def measure(services: int, args, tmp: Path, *, rates: list[float], hot_count: in
     with fake.FakeAPI(history=history, bookmark_interval=5.0) as api:
         for doc in gen.documents(model):
             api.apply(doc)
-        kspec = servers.kdns(None, free_port(), probe, None, name="kdns-api",
-                             extra=["--kubeconfig", str(api.kubeconfig(d / "kubeconfig"))])
+        kubeconfig = str(api.kubeconfig(d / "kubeconfig"))
         with contextlib.ExitStack() as stack:
-            kdns = stack.enter_context(Running(kspec, d))
+            kdns = servers.start(lambda: servers.kdns(None, free_port(), probe, None, name="kdns-api",
+                                                      extra=["--kubeconfig", kubeconfig]), d)
+            stack.callback(kdns.stop)
             say(f"churn at {services:,} services: kdns ready after {kdns.ready_after:.2f} s")
             try:
-                mspec = servers.dnsmasq(d, "dnsmasq-a", records, free_port(), probe, srv=False, upstream=None)
-                dnsmasq = stack.enter_context(Running(mspec, d))
+                dnsmasq = servers.start(lambda: servers.dnsmasq(d, "dnsmasq-a", records, free_port(), probe,
+                                                                srv=False, upstream=None), d)
+                stack.callback(dnsmasq.stop)
             except (Unavailable, OSError) as exc:
                 dnsmasq = None
                 out["runs"].append({"server": "dnsmasq-a", "rate": 0, "error": f"skipped: {exc}"})
