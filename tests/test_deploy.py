@@ -262,5 +262,5 @@ def test_container_args_are_kdns_serve_flags(docs):
 
     argv = [a.replace("$(POD_IP)", "10.244.0.10") for a in args]
     parsed = build_parser().parse_args(argv)
-    assert parsed.http == ("0.0.0.0", 8080) and parsed.listen == [("0.0.0.0", 1053)]
+    assert parsed.http == [("0.0.0.0", 8080)] and parsed.listen == [("0.0.0.0", 1053)]
     assert parsed.pod_ip == "10.244.0.10" and parsed.lameduck == 5
