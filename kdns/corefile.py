@@ -97,12 +97,12 @@ def parse(text: str, where: str = "Corefile") -> list[Server]:
         while keys and keys[-1][0].endswith(",") and i + 1 < len(lines):
             i += 1
             keys += lines[i]
-        if keys[-1][0] != "{":
-            raise CorefileError([f"{where}:{keys[0][1]}: expected a server block "
-                                 f"'{keys[0][0]} {{ ... }}'"])
         start = keys[0][1]
         if keys[0][0] == "import":
             raise CorefileError([f"{where}:{start}: 'import' is not supported by kdns"])
+        if keys[-1][0] != "{":
+            raise CorefileError([f"{where}:{start}: expected a server block "
+                                 f"'{keys[0][0]} {{ ... }}'"])
         server = Server([], start)
         for token, number in keys[:-1]:
             for part in token.split(","):

@@ -211,3 +211,19 @@ def test_apex_ns_names_every_service_holding_the_pod_ip(kdns, tmp_path):
 def test_apex_ns_without_a_matching_service(kdns, tmp_path):
     s = kdns("--manifests", cluster(tmp_path, *OBJECTS), "--pod-ip", "10.244.9.9")
     assert ns_answer(s) == (["ns.dns.cluster.local."], ["ns.dns.cluster.local. 127.0.0.1"])
+
+
+def test_manifests_beside_the_api_and_the_api_wins_a_conflict(kdns, tmp_path, api):
+    api.create(service("prod", "web", "10.96.0.20"))
+    static = cluster(tmp_path, service("prod", "web", "10.96.5.5"), service("prod", "static", "10.96.5.6"))
+    s = kdns("--kubeconfig", api.kubeconfig(tmp_path / "kubeconfig"), "--api-timeout", "1",
+             "--manifests", static)
+    eventually(s, "web.prod.svc.cluster.local.", ("NOERROR", ["10.96.0.20"]))
+    assert answers(s, "static.prod.svc.cluster.local.") == ("NOERROR", ["10.96.5.6"])
+    assert ("kdns: Service prod/web is both in the API and in the manifests "
+            f"({static}): the API's object wins") in s.log()
+    assert api.wait_for(lambda: api.watchers("services") == 1, WAIT)
+    api.delete("Service", "prod", "web")               # the manifest's object comes back
+    eventually(s, "web.prod.svc.cluster.local.", ("NOERROR", ["10.96.5.5"]))
+    api.create(service("prod", "static", "10.96.0.66"))
+    eventually(s, "static.prod.svc.cluster.local.", ("NOERROR", ["10.96.0.66"]))
