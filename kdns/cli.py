@@ -507,7 +507,8 @@ def _start_http(args, server, holder, waiting_for=None):
     metrics.register(metrics.QueryCollector(server.stats, lambda: holder.current, status.ready,
                                             server.cache_entries))
     webs = _Webs()
-    for address in dict.fromkeys(args.http):
+    # The same address twice is one server (health and ready on one port); port 0 is a new one.
+    for address in [a for i, a in enumerate(args.http) if a[1] == 0 or a not in args.http[:i]]:
         web = http.HTTP(address, status, metrics.REGISTRY)
         try:
             host, port = web.start()
