@@ -48,7 +48,7 @@ MAX_PENDING_FORWARDS = 1000
 class Server:
     def __init__(self, holder: Holder, listen: tuple[tuple[str, int], ...], cache_size: int = 20000,
                  forwarder=None, batch: int = 64, loadbalance: bool = True,
-                 rewrites: rewrite.Rules = rewrite.Rules(), max_forwards: int = MAX_PENDING_FORWARDS):
+                 rewrites: rewrite.Rules = rewrite.Rules(), max_forwards: int | None = None):
         self.holder = holder
         self.batch = batch        # datagrams per recvmmsg/sendmmsg (Config checks 1-1024); 1 = recvfrom
         self.listen = listen
@@ -63,7 +63,8 @@ class Server:
         self._tcp: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="kdns-slow")
-        self._forward_slots = threading.BoundedSemaphore(max(1, max_forwards))
+        self._forward_slots = threading.BoundedSemaphore(
+            max(1, MAX_PENDING_FORWARDS if max_forwards is None else max_forwards))
         self._tcp_slots = threading.BoundedSemaphore(TCP_MAX_CONNECTIONS)
         self._stopping = threading.Event()
         self.stats = QueryStats()
