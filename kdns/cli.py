@@ -222,8 +222,9 @@ def _with_translation(args, argv: list[str]):
     given = _given_dests(argv[at + 1:])
     translated = vars(parser.parse_args(argv[:at + 1] + extra))
     final = vars(parser.parse_args(argv))
-    if given & _SOURCE_DESTS:
-        given |= _SOURCE_DESTS          # a source on the command line replaces the Corefile's
+    for group in _DEST_GROUPS:
+        if given & group:
+            given |= group              # e.g. a source on the command line replaces the Corefile's
     for dest, value in translated.items():
         if dest not in given:
             final[dest] = value
@@ -233,7 +234,10 @@ def _with_translation(args, argv: list[str]):
     return argparse.Namespace(**final)
 
 
-_SOURCE_DESTS = {"manifests", "kubeconfig", "context", "in_cluster"}
+# Flags that say one thing together: giving one on the command line drops all of the group's
+# values from the translation.
+_DEST_GROUPS = ({"manifests", "kubeconfig", "context", "in_cluster"},
+                {"fallthrough", "no_fallthrough"})
 
 
 def _given_dests(serve_argv: list[str]) -> set[str]:

@@ -235,3 +235,39 @@ def test_malformed_corefiles(tmp_path, text, error):
     corefile.write_text(text)
     out = kdns_cli("corefile", str(corefile))
     assert (out.returncode, out.stderr) == (2, f"kdns: {error}\n")
+
+
+def test_kubernetes_options_and_zones_translation(tmp_path):
+    corefile = tmp_path / "Corefile"
+    corefile.write_text("""\
+cluster.local:53 example.internal:53 {
+    kubernetes cluster.local example.internal in-addr.arpa {
+        endpoint_pod_names
+        labels app=web,tier!=db
+        noendpoints
+        kubeconfig /etc/kube/config staging
+    }
+    loadbalance round_robin
+}
+""")
+    out = kdns_cli("corefile", str(corefile))
+    assert (out.returncode, out.stderr) == (0, "")
+    assert out.stdout == ("kdns serve --listen 0.0.0.0:53 --domain cluster.local --zone example.internal "
+                          "--endpoint-pod-names --labels 'app=web,tier!=db' --noendpoints --kubeconfig "
+                          "/etc/kube/config --context staging --no-fallthrough --loadbalance\n")
+
+
+def test_the_command_line_wins_over_the_corefile(upstream, tmp_path):
+    corefile = tmp_path / "Corefile"
+    corefile.write_text(".:53 {\n  kubernetes cluster.local {\n    ttl 30\n  }\n"
+                        "  forward . 192.0.2.53\n}\n")
+    # the Corefile says --no-fallthrough and an unreachable upstream; the command line says otherwise
+    s = Kdns("--corefile", str(corefile), "--manifests", CLUSTER, "--ttl", "9",
+             "--fallthrough", "in-addr.arpa", "--upstream", f"127.0.0.1:{upstream.port}")
+    try:
+        assert answers(s, "kube-dns.kube-system.svc.cluster.local.") == (
+            "NOERROR", ["kube-dns.kube-system.svc.cluster.local. 9 10.96.0.10"])
+        assert answers(s, "9.9.9.10.in-addr.arpa.", "PTR") == (
+            "NOERROR", ["9.9.9.10.in-addr.arpa. 600 outside.example.com."])
+    finally:
+        s.stop()
