@@ -227,3 +227,24 @@ def test_manifests_beside_the_api_and_the_api_wins_a_conflict(kdns, tmp_path, ap
     eventually(s, "web.prod.svc.cluster.local.", ("NOERROR", ["10.96.5.5"]))
     api.create(service("prod", "static", "10.96.0.66"))
     eventually(s, "static.prod.svc.cluster.local.", ("NOERROR", ["10.96.0.66"]))
+    # the manifests are still reloaded: a new static object shows, one the API has stays the API's
+    cluster(tmp_path, service("prod", "web", "10.96.5.5"), service("prod", "static", "10.96.5.7"),
+            service("prod", "added", "10.96.5.8"))
+    eventually(s, "added.prod.svc.cluster.local.", ("NOERROR", ["10.96.5.8"]))
+    assert answers(s, "static.prod.svc.cluster.local.") == ("NOERROR", ["10.96.0.66"])
+
+
+def test_noendpoints_and_namespaces_with_the_api(kdns, tmp_path, api):
+    api.create(service("prod", "web", "10.96.0.20"))
+    api.create(service("dev", "web", "10.96.1.20"))
+    api.create(service("prod", "pg", "None", ports=[{"name": "pg", "port": 5432, "protocol": "TCP"}]))
+    api.create(endpointslice("prod", "pg-1", "pg", ["10.244.1.5"]))
+    s = kdns("--kubeconfig", api.kubeconfig(tmp_path / "kubeconfig"), "--api-timeout", "1",
+             "--noendpoints", "--namespaces", "prod")
+    eventually(s, "web.prod.svc.cluster.local.", ("NOERROR", ["10.96.0.20"]))
+    assert answers(s, "pg.prod.svc.cluster.local.") == ("NXDOMAIN", [])
+    assert answers(s, "web.dev.svc.cluster.local.") == ("NXDOMAIN", [])
+    assert api.wait_for(lambda: api.watchers("services") == 1, WAIT)
+    assert api.watchers("endpointslices") == 0                  # not even watched
+    api.create(service("prod", "api", "10.96.0.40"))
+    eventually(s, "api.prod.svc.cluster.local.", ("NOERROR", ["10.96.0.40"]))
