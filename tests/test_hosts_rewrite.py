@@ -152,3 +152,39 @@ def test_a_bad_rewrite_rule_stops_startup():
     s = Kdns("--manifests", CLUSTER, "--rewrite-name", "a.example", wait=False)
     assert s.wait_exit() == 2
     assert "kdns: --rewrite-name 'a.example': expected FROM=TO" in s.log()
+
+
+def test_a_hosts_edit_drops_only_the_answers_it_changed(tmp_path):
+    """Through the packet cache: after an edit, the answer of a name the edit left alone is
+    still a cache hit, and the edited name's first answer is the new one."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from conftest import wait_for
+
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.0.0.1 keep.internal\n10.0.0.2 edit.internal\n")
+    s = Kdns("--manifests", CLUSTER, "--hosts", str(hosts), "--reload", "0.2", "--http", "127.0.0.1:0")
+    port = int(s.log().split("http on 127.0.0.1:")[1].split()[0])
+
+    def metric(name: str) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            body = resp.read().decode()
+        return next(x.value for f in text_string_to_metric_families(body) for x in f.samples
+                    if x.name == name and not x.labels)
+
+    try:
+        for name in ("keep.internal.", "edit.internal.", "web.prod.svc.cluster.local."):
+            answers(s, name)
+        before = metric("kdns_snapshot_version")
+        hosts.write_text("10.0.0.1 keep.internal\n10.0.0.3 edit.internal\n")
+        assert wait_for(lambda: metric("kdns_snapshot_version") > before, WAIT), s.log()
+        hit = metric("kdns_cache_hits_total")
+        assert answers(s, "keep.internal.") == ("NOERROR", ["keep.internal. 5 10.0.0.1"])
+        assert answers(s, "web.prod.svc.cluster.local.")[0] == "NOERROR"
+        assert metric("kdns_cache_hits_total") == hit + 2            # both still cached
+        assert answers(s, "edit.internal.") == ("NOERROR", ["edit.internal. 5 10.0.0.3"])
+        assert metric("kdns_cache_hits_total") == hit + 2            # a miss: it changed
+    finally:
+        s.stop()
