@@ -393,11 +393,6 @@ def _matches(selector: tuple[tuple[str, str], ...], labels: tuple[tuple[str, str
     return all(have.get(k) == v for k, v in selector)
 
 
-def _describe(pod: DerivedPod) -> str:
-    kind, ns, name = pod.owner
-    return f"pod {pod.name}" if kind == "Pod" else f"pod {pod.name} of {kind} {ns}/{name}"
-
-
 def derive(cluster: Cluster, inputs: list, options: Options = Options()) -> Derived:
     """Add the pods and EndpointSlices the controllers would make to ``cluster``, in place."""
     out = Derived()
@@ -477,6 +472,7 @@ def _slices_for(cluster: Cluster, out: Derived, sel: Selector, svc, pods: list[D
                             f"in namespace {sel.namespace}: no endpoints")
         return
     groups: dict[tuple[int, tuple], list[tuple[Endpoint, DerivedEndpoint]]] = {}
+    missing: dict[tuple, list[str]] = {}
     for p in matched:
         ports = []
         for sp in sel.ports:
@@ -488,10 +484,7 @@ def _slices_for(cluster: Cluster, out: Derived, sel: Selector, svc, pods: list[D
                 ports.append(ServicePort(sp.name, found[0], sp.protocol))
             else:
                 # FindPort fails: the controller leaves that port out of this pod's slice.
-                port = f"port {sp.name!r}" if sp.name else f"port {sp.port}"
-                out.warnings.append(f"Service {sel.namespace}/{sel.name}: {port}: targetPort "
-                                    f"{sp.target!r} names no {sp.protocol} container port of "
-                                    f"{_describe(p)}: that endpoint has no such port")
+                missing.setdefault((sp, p.owner), []).append(p.name)
         # podToEndpoint: ready = publishNotReadyAddresses || (serving && !terminating)
         ready = sel.publish_not_ready or p.ready
         why = "ready" if p.ready else ("publishNotReadyAddresses" if ready else f"{READY_ANNOTATION}: \"false\"")
@@ -501,6 +494,14 @@ def _slices_for(cluster: Cluster, out: Derived, sel: Selector, svc, pods: list[D
         family = ipaddress.ip_address(p.ip).version
         groups.setdefault((family, tuple(ports)), []).append(
             (ep, DerivedEndpoint(p.name, p.ip, ready, hostname, why)))
+    for (sp, owner), pods_ in missing.items():
+        port = f"port {sp.name!r}" if sp.name else f"port {sp.port}"
+        kind, ns, name = owner
+        whose = (f"pod {pods_[0]}" if kind == "Pod" else
+                 f"the pods of {kind} {ns}/{name} ({', '.join(pods_[:3])}{', ...' if len(pods_) > 3 else ''})")
+        out.warnings.append(f"Service {sel.namespace}/{sel.name}: {port}: targetPort {sp.target!r} "
+                            f"names no {sp.protocol} container port of {whose}: their endpoints "
+                            f"lack that port")
     made = []
     for n, ((family, ports), eps) in enumerate(groups.items()):
         for start in range(0, len(eps), MAX_ENDPOINTS_PER_SLICE):
