@@ -381,7 +381,8 @@ class _Why:
             ex.reasons.append(f"{label} - the Service has ports " + ", ".join(f"'{n}'" for n in named))
             close = difflib.get_close_matches(port, named, n=1, cutoff=0.5)
             if close:
-                ex.suggestions.append(f"did you mean _{close[0]}._{proto}.{'.'.join(labels[2:])}?")
+                ex.suggestions.append(f"did you mean _{close[0]}._{proto}.{'.'.join(labels[2:])}."
+                                      f"{self.snap.config.domain}?")
         else:
             ex.reasons.append(f"{label} - {where} has no named ports: unnamed ports have no SRV "
                               f"record (Kubernetes DNS spec §2.3.2)")

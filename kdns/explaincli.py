@@ -255,8 +255,9 @@ def _text(out: dict) -> str:
         lines.append(f"search walk of {w['name']!r} ({w['resolver']}, search {' '.join(w['search'])}):")
         for n, s in enumerate(w["steps"], 1):
             for q in s["queries"]:
-                why = f"  ({q['why']})" if q["why"] and q["rcode"] != "NOERROR" else ""
-                lines.append(f"  {n}. {q['qname']} {q['qtype']}: {q['rcode']}"
+                rcode = "NODATA" if q["rcode"] == "NOERROR" and not q["answers"] else q["rcode"]
+                why = f"  ({q['why']})" if q["why"] and rcode != "NOERROR" else ""
+                lines.append(f"  {n}. {q['qname']} {q['qtype']}: {rcode}"
                              + (f", {q['answers']} record(s)" if q["answers"] else "") + why)
             lines.append(f"     -> {s['verdict']}: {s['why']}")
         lines.append(f"  outcome: {w['outcome']}")
