@@ -250,7 +250,8 @@ def test_controller_rules_exactly(tmp_path, caplog):
     assert all(re.fullmatch(f"crunch-{i}-{ALPHA}{{5}}", p.name) for i, p in enumerate(jobs))
     assert "derived 2 pods for StatefulSet prod/web: web-0, web-1" in caplog.text
     assert "derived 3 pods for DaemonSet prod/agent" in caplog.text
-    assert "Service prod/manual has its own EndpointSlices or Endpoints in the manifests: none derived" in caplog.text
+    assert ("1 Service(s) selecting pods have their own EndpointSlices or Endpoints in the "
+            "manifests, which win: none derived for prod/manual") in caplog.text
 
 
 # ------------------------------------------------------------------ a real kdns, dig and dnspython

@@ -444,6 +444,7 @@ def derive(cluster: Cluster, inputs: list, options: Options = Options()) -> Deri
     by_ns: dict[str, list[DerivedPod]] = {}
     for p in sorted(out.pods.values(), key=lambda p: p.name):
         by_ns.setdefault(p.namespace, []).append(p)
+    overridden: list[str] = []
     for sel in selectors:
         key = (sel.namespace, sel.name)
         svc = cluster.services.get(key)
@@ -451,10 +452,15 @@ def derive(cluster: Cluster, inputs: list, options: Options = Options()) -> Deri
             continue
         if key in explicit:
             out.explicit.add(key)
-            out.notes.append(f"Service {key[0]}/{key[1]} has its own EndpointSlices or Endpoints "
-                             f"in the manifests: none derived for it")
+            # Said only when it matters: pods the selector would have picked are ignored.
+            if any(_matches(sel.selector, p.labels) for p in by_ns.get(sel.namespace, [])):
+                overridden.append(f"{key[0]}/{key[1]}")
             continue
         _slices_for(cluster, out, sel, svc, by_ns.get(sel.namespace, []))
+    if overridden:
+        out.notes.append(f"{len(overridden)} Service(s) selecting pods have their own EndpointSlices "
+                         f"or Endpoints in the manifests, which win: none derived for "
+                         f"{', '.join(overridden[:5])}{', ...' if len(overridden) > 5 else ''}")
     for line in out.notes:
         log.info("%s", line)
     for line in out.warnings:
