@@ -335,3 +335,30 @@ def test_env_workload(tmp_path):
                          timeout=60, env=env)
     assert bad.returncode == 2
     assert "no Deployment 'nope' in namespace shop in the manifests; it has: deployment/webapp, statefulset/db" in bad.stderr
+
+
+def test_unreadable_workload_is_a_warning_not_a_failure(tmp_path):
+    path = write(tmp_path, "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n"
+                           "spec: {replicas: three, template: {spec: {containers: [{name: c}]}}}\n"
+                           "---\n" + (SHOP / "db.yaml").read_text())
+    server = Kdns("--manifests", str(path), "--reload", "0")
+    try:
+        assert server.query("db-0.db.shop.svc.cluster.local.").rcode() == dns.rcode.NOERROR
+        assert (f"warning: {path}, document 0: Deployment/default/web: field spec.replicas: must be a "
+                f"non-negative integer, got 'three'; no endpoints derived from it") in server.log()
+    finally:
+        server.stop()
+
+
+def test_reload_rederives(tmp_path):
+    from conftest import wait_for
+    path = write(tmp_path, (SHOP / "db.yaml").read_text())
+    server = Kdns("--manifests", str(path), "--reload", "0.2")
+    try:
+        assert server.query("db-2.db.shop.svc.cluster.local.").rcode() == dns.rcode.NOERROR
+        path.write_text(path.read_text().replace("replicas: 3", "replicas: 2"))
+        assert wait_for(lambda: server.query("db-2.db.shop.svc.cluster.local.").rcode() == dns.rcode.NXDOMAIN)
+        assert server.query("db-1.db.shop.svc.cluster.local.").rcode() == dns.rcode.NOERROR
+        assert "derived 2 pods for StatefulSet shop/db: db-0, db-1" in server.log()
+    finally:
+        server.stop()

@@ -155,8 +155,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "EndpointSlice": objects.endpointslice_from_dict,
     "Endpoints": objects.endpoints_from_dict,
     "Namespace": objects.namespace_from_dict,
-    "Pod": lambda doc: [objects.pod_from_dict(doc), workloads.bare_pod_from_dict(doc)],
-    **{kind: workloads.workload_from_dict for kind in workloads.WORKLOAD_KINDS},
+    "Pod": lambda doc: [objects.pod_from_dict(doc), *workloads.readable(workloads.bare_pod_from_dict, doc)],
+    **{kind: (lambda doc: workloads.readable(workloads.workload_from_dict, doc))
+       for kind in workloads.WORKLOAD_KINDS},
 }
 
 
@@ -173,6 +174,7 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
     """
     cluster = Cluster()
     inputs: dict[tuple, Any] = {}
+    unreadable: list[str] = []
     problems: list[str] = []
     skipped: dict[str, int] = {}
     seen_ns: set[str] = set(ALWAYS_NAMESPACES)
@@ -205,6 +207,10 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
         for where, obj in objs:
             if origins is not None:
                 origins.setdefault(_origin_key(obj), str(where))
+            if isinstance(obj, workloads.Unreadable):
+                unreadable.append(f"{where}: {obj.what}: field {obj.path}: {obj.message}; no "
+                                  f"endpoints derived from it")
+                continue
             if isinstance(obj, workloads.INPUT_TYPES):
                 if obj.key in inputs and inputs[obj.key] != obj:
                     problems.append(f"{where}: {obj.key[0]}/{obj.key[1]}/{obj.key[2]}: defined "
@@ -232,9 +238,9 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
     for ns in sorted(seen_ns - set(cluster.namespaces)):
         cluster.namespaces[ns] = objects.Namespace(ns)
     allocate_cluster_ips(cluster, service_cidr)
-    if inputs:
+    if inputs or unreadable:
         try:
-            made = workloads.derive(cluster, list(inputs.values()), derive)
+            made = workloads.derive(cluster, list(inputs.values()), derive, unreadable)
         except ValueError as exc:
             raise ManifestError([str(exc)]) from None
         if derived is not None:

@@ -115,7 +115,27 @@ class Selector:
         return ("Selector", self.namespace, self.name)
 
 
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A workload (or a Pod's template part) kdns cannot read: a warning, never fatal, since
+    kdns only borrows these kinds to derive endpoints."""
+    what: str                        # Kind/namespace/name
+    path: str
+    message: str
+
+
 INPUT_TYPES = (Workload, BarePod, Selector)
+
+
+def readable(parse, doc: Mapping[str, Any]) -> list:
+    """``parse(doc)`` as a list, or an Unreadable saying which field is wrong."""
+    try:
+        got = parse(doc)
+    except FieldError as exc:
+        meta = doc.get("metadata") if isinstance(doc.get("metadata"), Mapping) else {}
+        what = f"{doc.get('kind')}/{meta.get('namespace') or 'default'}/{meta.get('name') or '?'}"
+        return [Unreadable(what, exc.path, exc.message)]
+    return got if isinstance(got, list) else [got]
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,9 +413,11 @@ def _matches(selector: tuple[tuple[str, str], ...], labels: tuple[tuple[str, str
     return all(have.get(k) == v for k, v in selector)
 
 
-def derive(cluster: Cluster, inputs: list, options: Options = Options()) -> Derived:
+def derive(cluster: Cluster, inputs: list, options: Options = Options(),
+           warnings: list[str] | None = None) -> Derived:
     """Add the pods and EndpointSlices the controllers would make to ``cluster``, in place."""
     out = Derived()
+    out.warnings.extend(warnings or ())
     workloads = sorted((i for i in inputs if isinstance(i, Workload)), key=lambda w: w.key)
     bare = sorted((i for i in inputs if isinstance(i, BarePod)), key=lambda p: p.key)
     selectors = sorted((i for i in inputs if isinstance(i, Selector)), key=lambda s: s.key)
