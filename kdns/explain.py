@@ -146,7 +146,7 @@ class _Why:
             self._pod(labels)
         else:
             self._service(labels, resp)
-        if resp.rcode == ans.NOERROR and not resp.answer and not ex.reasons and self.qtype not in (ans.A, ans.AAAA):
+        if resp.rcode == ans.NOERROR and not resp.answer and not ex.reasons:
             ex.reasons.append(f"the name exists but has no {type_name(self.qtype)} record (NODATA)")
 
     def _namespace(self, ns: str) -> bool:

@@ -202,10 +202,19 @@ def _walk_dict(w: searchwalk.Walk, explained: dict) -> dict:
             queries.append({"qname": q.name, "qtype": explain.type_name(q.qtype),
                             "rcode": "unknown (forwarded)" if q.rcode < 0 else explain.RCODES.get(q.rcode, str(q.rcode)),
                             "answers": q.answers, "forwarded": q.forwarded,
-                            "why": (ex.reasons[0] if ex and ex.reasons else ex.rule if ex else "")})
+                            "why": _why(ex)})
         steps.append({"name": s.name, "verdict": s.verdict, "why": s.why, "queries": queries})
     return {"name": w.name, "resolver": w.resolver, "search": w.search, "steps": steps,
             "answered_by": w.answered_by, "outcome": w.outcome}
+
+
+def _why(ex) -> str:
+    """One line for a walk step: the reason a name is negative, or for NODATA the rule."""
+    if ex is None:
+        return ""
+    if ex.kind != "nodata" and ex.reasons:
+        return ex.reasons[0]
+    return ex.rule
 
 
 # --------------------------------------------------------------------------- --ask
