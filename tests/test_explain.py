@@ -296,3 +296,34 @@ def test_ask_nobody_is_a_difference_not_a_crash():
     out = explain("webapp.default.svc.cluster.local", "--ask", f"{host}:{port}", manifests=RESOLVERS)
     assert out.returncode == 3 and "Traceback" not in out.stderr
     assert f"cannot ask {host}:{port}" in out.stdout or f"no answer from {host}:{port}" in out.stdout
+
+
+# ------------------------------------------------------------------ the API source
+
+def test_explain_a_live_cluster_and_ask_the_kdns_serving_it(api, tmp_path):
+    from conftest import wait_for
+    from fakeapi import endpointslice, namespace, service
+    api.create(namespace("prod"))
+    api.create(service("prod", "pg", "None", ports=[{"name": "pg", "port": 5432, "protocol": "TCP"}]))
+    api.create(endpointslice("prod", "pg-a", "pg", ["10.244.1.5"], ports=[{"name": "pg", "port": 5432, "protocol": "TCP"}]))
+    api.create(endpointslice("prod", "pg-b", "pg", ["10.244.2.5"], ready=False))
+    kc = api.kubeconfig(tmp_path / "kubeconfig")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT)}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "kdns", "explain", "--kubeconfig", kc, *args, "--format", "json"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    out = run("pg.prod.svc.cluster.local")
+    assert out.returncode == 0, out.stderr
+    (ex,) = json.loads(out.stdout)["answer"]
+    assert ex["rule"] == "headless: one A/AAAA per ready endpoint address; 1 of 2 not ready: 10-244-2-5 (ready=false)"
+    assert ex["records"] == [{"section": "answer", "record": "pg.prod.svc.cluster.local. 5 IN A 10.244.1.5",
+                              "origin": "EndpointSlice prod/pg-a endpoints[0], ready"}]
+    server = Kdns("--kubeconfig", kc, "--api-timeout", "1")
+    try:
+        assert wait_for(lambda: server.query("pg.prod.svc.cluster.local.").rcode() == 0)
+        out = run("_pg._tcp.pg.prod.svc.cluster.local", "SRV", "--ask", f"127.0.0.1:{server.port}")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert json.loads(out.stdout)["ask"]["queries"][0]["differences"] == []
+    finally:
+        server.stop()
