@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from kdns import env
 from kdns.config import add_source_args, uses_api
 from kdns.objects import Cluster, EnvVar, FieldError, pod_from_dict
-from kdns.sources import manifests, workloads
+from kdns.sources import controllers, manifests, workloads
 
 FORMATS = ("env", "shell", "json")
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -193,7 +193,7 @@ def _workload_pod(args: argparse.Namespace, derived) -> tuple[str, dict]:
                   key=lambda p: p.ordinal)
     if not pods:
         raise UsageError(f"--workload {args.workload}: {kind} {ns}/{name} makes no pods (0 replicas)")
-    return f"{kind} {ns}/{name} (pod {pods[0].name})", workloads.pod_document(pods[0])
+    return f"{kind} {ns}/{name} (pod {pods[0].name})", controllers.pod_document(pods[0])
 
 
 def _pod_inputs(args: argparse.Namespace, derived=None) -> tuple[str, bool, tuple[EnvVar, ...]]:

@@ -47,7 +47,7 @@ class Sources:
     """What the snapshot was built from: the objects, and for manifests where each came from."""
     cluster: Any                              # kdns.objects.Cluster
     origins: dict | None = None               # (kind, ns, name) -> "file, document N"
-    derived: Any = None                       # kdns.sources.workloads.Derived
+    derived: Any = None                       # kdns.sources.controllers.Derived
     label: str = "the manifests"              # or "the API at https://..."
 
     def where(self, kind: str, ns: str, name: str) -> str:

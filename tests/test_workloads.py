@@ -22,7 +22,7 @@ import pytest
 from conftest import Kdns
 from test_vectors import section_lines
 from kdns.objects import Endpoint, ServicePort
-from kdns.sources import manifests, workloads
+from kdns.sources import controllers, manifests, workloads
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOP = ROOT / "zones" / "examples" / "shop"
@@ -50,20 +50,20 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_safe_encode_and_fnv_match_go():
     # rand.SafeEncodeString maps each byte to alphanums[b % 27]; '0' is 48 -> index 21 ('4').
-    assert workloads.safe_encode("0123456789") == "456789bcdf"
-    assert workloads.ALPHANUMS == "bcdfghjklmnpqrstvwxz2456789"
+    assert controllers.safe_encode("0123456789") == "456789bcdf"
+    assert controllers.ALPHANUMS == "bcdfghjklmnpqrstvwxz2456789"
     # FNV-1a 32-bit test vectors (hash/fnv, and the FNV reference page)
-    assert workloads.fnv32a(b"") == 0x811C9DC5
-    assert workloads.fnv32a(b"a") == 0xE40C292C
-    assert workloads.fnv32a(b"foobar") == 0xBF9CF968
+    assert controllers.fnv32a(b"") == 0x811C9DC5
+    assert controllers.fnv32a(b"a") == 0xE40C292C
+    assert controllers.fnv32a(b"foobar") == 0xBF9CF968
 
 
 def test_generated_names_have_the_apiserver_shape_and_are_stable():
-    name = workloads.generated_name("web-", "default/web/0")
+    name = controllers.generated_name("web-", "default/web/0")
     assert re.fullmatch(f"web-{ALPHA}{{5}}", name)
-    assert workloads.generated_name("web-", "default/web/0") == name
-    assert workloads.generated_name("web-", "default/web/1") != name
-    long = workloads.generated_name("x" * 70 + "-", "s")
+    assert controllers.generated_name("web-", "default/web/0") == name
+    assert controllers.generated_name("web-", "default/web/1") != name
+    long = controllers.generated_name("x" * 70 + "-", "s")
     assert len(long) == 63 and long.startswith("x" * 58)
 
 

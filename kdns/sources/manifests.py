@@ -28,7 +28,7 @@ import yaml
 
 from kdns import objects
 from kdns.objects import Cluster, FieldError
-from kdns.sources import workloads
+from kdns.sources import controllers, workloads
 
 log = logging.getLogger("kdns.manifests")
 
@@ -150,7 +150,7 @@ _TABLES = {objects.Service: "services", objects.EndpointSlice: "slices",
 
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     # A Service and a Pod also give what the EndpointSlice controller reads of them (selector,
-    # targetPorts; labels, container ports), for workloads.derive.
+    # targetPorts; labels, container ports), for controllers.derive.
     "Service": lambda doc: [objects.service_from_dict(doc), *workloads.selector_from_dict(doc)],
     "EndpointSlice": objects.endpointslice_from_dict,
     "Endpoints": objects.endpoints_from_dict,
@@ -170,7 +170,7 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
     a file whose stamp is unchanged is not read again, and the dict is updated in place.
     Workloads become pods and EndpointSlices (``derive``: --pod-cidr, --nodes). ``origins``,
     when given, gets (kind, namespace, name) -> "file, document N" of every object read, and
-    ``derived`` the workloads.Derived (both for `kdns explain` and `kdns env --workload`).
+    ``derived`` the controllers.Derived (both for `kdns explain` and `kdns env --workload`).
     """
     cluster = Cluster()
     inputs: dict[tuple, Any] = {}
@@ -240,7 +240,7 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
     allocate_cluster_ips(cluster, service_cidr)
     if inputs or unreadable:
         try:
-            made = workloads.derive(cluster, list(inputs.values()), derive, unreadable)
+            made = controllers.derive(cluster, list(inputs.values()), derive, unreadable)
         except ValueError as exc:
             raise ManifestError([str(exc)]) from None
         if derived is not None:
