@@ -436,11 +436,10 @@ class _Why:
             return f"{where} spec.externalName"
         if rtype in (ans.A, ans.AAAA):
             lower_owner = owner.lower()
-            if svc.external and lower_owner != self.lower:
-                return f"the ExternalName target {svc.external_name}"
-            if not svc.headless and not svc.external and data in svc.addresses \
-                    and lower_owner.startswith(f"{svc.name}.{svc.namespace}.svc."):
-                return f"{where} spec.clusterIPs[{svc.cluster_ips.index(data) if data in svc.cluster_ips else 0}]"
+            if lower_owner != self.lower and not lower_owner.startswith(f"{svc.name}.{svc.namespace}.svc."):
+                return self._chased_origin(lower_owner, data)
+            if not svc.headless and not svc.external and data in svc.addresses:
+                return self._cluster_ip_origin(svc, data)
             return self._endpoint_origin(data)
         if rtype == ans.SRV:
             prio, weight, port, target = data
@@ -454,6 +453,25 @@ class _Why:
             src = self._endpoint_origin(ips[0]) if ips else ""
             return f"slice port {port} (the target port); {src}"
         return ""
+
+    def _cluster_ip_origin(self, svc, ip: str) -> str:
+        where = self.src.where("Service", svc.namespace, svc.name)
+        if svc.allocated:
+            return f"{where}: allocated by kdns from --service-cidr (no clusterIP in its manifest)"
+        index = svc.cluster_ips.index(ip) if ip in svc.cluster_ips else 0
+        return f"{where} spec.clusterIPs[{index}]"
+
+    def _chased_origin(self, owner: str, ip: str) -> str:
+        """A record of an in-zone ExternalName target (or an SRV target's address)."""
+        hit = names.split(owner, self.snap.zones)
+        labels = hit[1] if hit else []
+        if len(labels) == 3 and labels[-1] == "svc":
+            target = self.c.services.get((labels[-2], labels[-3]))
+            if target is not None and not target.headless and ip in target.addresses:
+                return "the CNAME target: " + self._cluster_ip_origin(target, ip)
+            if target is not None:
+                return f"the CNAME target: an endpoint of {self.src.where('Service', target.namespace, target.name)}"
+        return f"the CNAME target {owner}"
 
     def _ptr_origin(self, owner: str) -> str:
         zone, labels = names.split(owner.lower(), self.snap.zones)

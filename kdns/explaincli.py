@@ -120,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
             out["answer"] = [explained[(final, t)].as_dict() for t in qtypes]
     else:
         ex = explain.explain(snap, sources, args.name, qtype or ans.A)
+        if ex.kind == "forward" and not args.name.endswith(".") and args.name.count(".") < searchwalk.NDOTS:
+            ex.suggestions.append(f"a pod would walk its search list first: kdns explain --from "
+                                  f"NAMESPACE {args.name}")
         ask(ex.qname, qtype or ans.A)
         out["answer"] = [ex.as_dict()]
         found = not ex.negative

@@ -327,3 +327,21 @@ def test_explain_a_live_cluster_and_ask_the_kdns_serving_it(api, tmp_path):
         assert json.loads(out.stdout)["ask"]["queries"][0]["differences"] == []
     finally:
         server.stop()
+
+
+def test_externalname_chase_and_allocated_ip_origins():
+    (ex,) = as_json("ext.shop.svc.cluster.local", rc=0)["answer"]
+    assert ex["records"] == [
+        {"section": "answer", "record": "ext.shop.svc.cluster.local. 5 IN CNAME web.store.svc.cluster.local.",
+         "origin": f"Service shop/ext ({CLUSTER}, document 9) spec.externalName"},
+        {"section": "answer", "record": "web.store.svc.cluster.local. 5 IN A 10.96.2.10",
+         "origin": f"the CNAME target: Service store/web ({CLUSTER}, document 3) spec.clusterIPs[0]"}]
+    (ex,) = as_json("webapp.shop.svc.cluster.local", manifests=SHOP, rc=0)["answer"]
+    assert ex["records"][0]["origin"] == (f"Service shop/webapp ({SHOP / 'webapp.yaml'}, document 1): "
+                                          f"allocated by kdns from --service-cidr (no clusterIP in its manifest)")
+
+
+def test_a_short_name_outside_the_zone_points_at_the_walk():
+    (ex,) = as_json("webapp", rc=1)["answer"]
+    assert (ex["kind"], ex["rcode"]) == ("forward", "REFUSED")
+    assert ex["suggestions"] == ["a pod would walk its search list first: kdns explain --from NAMESPACE webapp"]
