@@ -362,3 +362,24 @@ def test_reload_rederives(tmp_path):
         assert "derived 2 pods for StatefulSet shop/db: db-0, db-1" in server.log()
     finally:
         server.stop()
+
+
+def test_bad_derive_flags_are_clear():
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+
+    def serve(*args):
+        return subprocess.run([sys.executable, "-m", "kdns", "serve", "--resolv-conf", "", "--manifests",
+                               str(SHOP), *args], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    out = serve("--pod-cidr", "nope")
+    assert out.returncode == 2 and "kdns: --pod-cidr 'nope': not a CIDR" in out.stderr
+    out = serve("--nodes", "0")
+    assert out.returncode == 2 and "--nodes: '0': must be 1-5000 nodes" in out.stderr
+    out = serve("--pod-cidr", "10.0.0.0/30")
+    assert out.returncode == 2 and "kdns: --pod-cidr 10.0.0.0/30: too small for 6 pods" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_pod_cidr_moves_the_addresses(tmp_path):
+    cluster, derived = load(SHOP, pod_cidr="10.200.0.0/24")
+    assert all(ipaddress_in(p.ip, "10.200.0.0/24") for p in derived.pods.values())
+    assert len({p.ip for p in derived.pods.values()}) == len(derived.pods) == 6
