@@ -308,6 +308,11 @@ class _Why:
                        f"endpoints do not matter")
             if self.qtype == ans.SRV:
                 ex.rule = "bare-name SRV: one record per Service port, named or not, weight ⌊100/N⌋"
+            if not pub:
+                d = self.src.derived
+                why = [w for w in (d.warnings if d else []) if w.startswith(f"Service {svc.namespace}/{svc.name}: selector")]
+                ex.rule += ("; note: no ready endpoints, so DNS answers but connections to it will fail"
+                            + (f" ({why[0].split(': ', 1)[1]})" if why else ""))
         if self.qtype in (ans.A, ans.AAAA) and not ex.records and self._family_missing(pub):
             fam = "IPv6" if self.qtype == ans.AAAA else "IPv4"
             ex.reasons.append(f"{where} has no {fam} address: NODATA")
@@ -372,6 +377,10 @@ class _Why:
             have = {(p.name, p.protocol.lower()) for p in svc.ports if p.name}
         if (port, proto) in have:
             return
+        d = self.src.derived
+        for w in (d.warnings if d else []):
+            if w.startswith(f"Service {svc.namespace}/{svc.name}: port '{port}':"):
+                ex.reasons.append(w)
         named = sorted({n for n, _ in have})
         label = f"'_{port}._{proto}'"
         if any(n == port for n in named):

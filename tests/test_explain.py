@@ -43,7 +43,8 @@ def test_clusterip_answer_names_service_file_and_document():
     got = as_json("webapp.shop.svc.cluster.local", rc=0)
     (ex,) = got["answer"]
     assert (ex["rcode"], ex["kind"]) == ("NOERROR", "positive")
-    assert ex["rule"] == "ClusterIP: A/AAAA of spec.clusterIPs (10.96.1.10); endpoints do not matter"
+    assert ex["rule"] == ("ClusterIP: A/AAAA of spec.clusterIPs (10.96.1.10); endpoints do not matter; "
+                          "note: no ready endpoints, so DNS answers but connections to it will fail")
     assert ex["records"] == [{
         "section": "answer", "record": "webapp.shop.svc.cluster.local. 5 IN A 10.96.1.10",
         "origin": f"Service shop/webapp ({CLUSTER}, document 2) spec.clusterIPs[0]"}]
@@ -345,3 +346,46 @@ def test_a_short_name_outside_the_zone_points_at_the_walk():
     (ex,) = as_json("webapp", rc=1)["answer"]
     assert (ex["kind"], ex["rcode"]) == ("forward", "REFUSED")
     assert ex["suggestions"] == ["a pod would walk its search list first: kdns explain --from NAMESPACE webapp"]
+
+
+def test_derivation_warnings_explain_what_is_missing(tmp_path):
+    app = tmp_path / "app.yaml"
+    app.write_text("""\
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: web, namespace: prod}
+spec:
+  serviceName: web
+  replicas: 2
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: prod}
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}, {name: grpc, port: 81, targetPort: grpc}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: prod}
+spec:
+  selector: {app: cart}
+  clusterIP: 10.96.3.3
+  ports: [{name: grpc, port: 9090}]
+""")
+    (ex,) = as_json("_grpc._tcp.web.prod.svc.cluster.local", "SRV", manifests=app, rc=1)["answer"]
+    assert ex["reasons"] == [
+        "Service prod/web: port 'grpc': targetPort 'grpc' names no TCP container port of the pods of "
+        "StatefulSet prod/web (web-0, web-1): their endpoints lack that port",
+        "'_grpc._tcp' - the Service has ports 'http'"]
+    (ex,) = as_json("_http._tcp.web.prod.svc.cluster.local", "SRV", manifests=app, rc=0)["answer"]
+    assert [r["record"].split()[-2:] for r in ex["records"] if r["section"] == "answer"] == [
+        ["8080", "web-0.web.prod.svc.cluster.local."], ["8080", "web-1.web.prod.svc.cluster.local."]]
+    (ex,) = as_json("cart.prod.svc.cluster.local", manifests=app, rc=0)["answer"]
+    assert ex["rule"] == ("ClusterIP: A/AAAA of spec.clusterIPs (10.96.3.3); endpoints do not matter; "
+                          "note: no ready endpoints, so DNS answers but connections to it will fail "
+                          "(selector app=cart matches no pod in namespace prod: no endpoints)")
