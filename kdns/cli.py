@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 
-from kdns import __version__, envcli, serveargs
+from kdns import __version__, envcli, explaincli, serveargs
 from kdns.config import (Config, ConfigError, add_source_args, format_hostport, normalize_zone,
                          parse_hostport, uses_api)
 from kdns.forward import ForwardConfigError
@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="poll manifests and --hosts for changes this often; 0 disables (default 2)")
     add_ops_args(s)
     envcli.add_parser(sub)
+    explaincli.add_parser(sub)
     c = sub.add_parser("corefile", help="print the kdns serve command line a Corefile means")
     c.add_argument("file", metavar="FILE")
     return parser
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
     if args.command == "env":
         return envcli.run(args)
+    if args.command == "explain":
+        return explaincli.run(args)
     return 2
 
 
@@ -177,12 +180,13 @@ def _config(args) -> Config:
                   noendpoints=args.noendpoints, fallthrough=fallthrough)
 
 
-def _load_manifests(paths, service_cidr, sink, reload, labels=None):
+def _load_manifests(paths, service_cidr, sink, reload, derive=None, labels=None):
     """The manifests, and the Watcher that reloads them (None with --reload 0)."""
+    derive = derive or manifests.workloads.Options()
     try:
         if reload > 0:
-            return manifests.Watcher.loaded(paths, service_cidr, sink, reload, labels)
-        return None, manifests.load(paths, service_cidr, labels=labels)
+            return manifests.Watcher.loaded(paths, service_cidr, sink, reload, derive, labels)
+        return None, manifests.load(paths, service_cidr, derive=derive, labels=labels)
     except manifests.ManifestError as exc:
         for line in exc.problems:
             print(f"kdns: {line}", file=sys.stderr)
@@ -274,6 +278,11 @@ def serve(args) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+    try:
+        derive = manifests.workloads.Options.from_args(args)
+    except ValueError as exc:
+        print(f"kdns: {exc}", file=sys.stderr)
+        return 2
     store = Store(config)
     if hosts is not None:
         store.set_hosts(hosts)
@@ -290,7 +299,7 @@ def serve(args) -> int:
             from kdns.sources.overlay import Overlay
             where = ", ".join(args.manifests)
             loaded = _load_manifests(args.manifests, config.service_cidr, None, args.reload,
-                                     args.labels)
+                                     derive, args.labels)
             if loaded is None:
                 return 2
             overlay = Overlay(sink, loaded[1], where)
@@ -306,7 +315,7 @@ def serve(args) -> int:
             return 2
     else:
         paths = args.manifests or manifests.default_paths()
-        loaded = _load_manifests(paths, config.service_cidr, store, args.reload, args.labels)
+        loaded = _load_manifests(paths, config.service_cidr, store, args.reload, derive, args.labels)
         if loaded is None:
             return 2
         watcher, cluster = loaded
