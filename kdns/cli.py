@@ -291,7 +291,7 @@ def _start_http(args, server, holder, waiting_for=None):
     if args.http is None:
         return status, None
     metrics.register(metrics.QueryCollector(server.stats, lambda: holder.current, status.ready,
-                                            server.cache_entries))
+                                            server.cache_entries, server.cache_cells))
     web = http.HTTP(args.http, status, metrics.REGISTRY)
     try:
         host, port = web.start()

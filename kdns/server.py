@@ -34,7 +34,7 @@ from time import perf_counter
 
 from kdns import answer as ans
 from kdns import mmsg, wire
-from kdns.metrics import COMPUTED, HITS, QueryStats
+from kdns.metrics import QueryStats
 from kdns.snapshot import Holder, Snapshot
 
 log = logging.getLogger("kdns.server")
@@ -66,6 +66,7 @@ class Server:
         self._tcp_slots = threading.BoundedSemaphore(TCP_MAX_CONNECTIONS)
         self._stopping = threading.Event()
         self.stats = QueryStats()
+        self._listeners: dict = {}              # socket -> its kdns.metrics.Listener
 
     # ------------------------------------------------------------------ lifecycle
     def bind(self) -> list[tuple[str, int]]:
@@ -87,6 +88,8 @@ class Server:
             tcp.listen(128)
             self._udp.append(udp)
             self._tcp.append(tcp)
+            self._listeners[udp] = self.stats.listen("udp", host, port)
+            self.stats.listen("tcp", host, port)
             bound.append((host, port))
         return bound
 
@@ -115,6 +118,9 @@ class Server:
     def cache_entries(self) -> int:
         return len(self._cache)
 
+    def cache_cells(self) -> list:
+        return [entry[1] for entry in list(self._cache.values())]
+
     # ------------------------------------------------------------------ UDP
     def _cache_for(self, snap: Snapshot) -> dict:
         if self._gen is not snap:                # a new snapshot is a new generation
@@ -126,6 +132,8 @@ class Server:
         """One recvfrom and one sendto per query: the portable loop (and --udp-batch 1)."""
         recvfrom, sendto, holder = sock.recvfrom, sock.sendto, self.holder
         gen, cache = None, self._cache
+        listener = self.stats.enter(self._listeners[sock])
+        hits = listener.hit
         while True:
             try:
                 data, addr = recvfrom(4096)
@@ -133,12 +141,13 @@ class Server:
                 if self._stopping.is_set():
                     return
                 continue
+            start = perf_counter()
             snap = holder.current
             if snap is not gen:
                 gen, cache = snap, self._cache_for(snap)
             hit = cache.get(data[2:])
             if hit is not None:
-                hit[1][HITS] += 1                # (response after the ID, its stats cell)
+                hit[1][hits] += 1                # (response after the ID, its stats cell)
                 packet = data[:2] + hit[0]
             else:
                 packet = self._udp_miss(sock, data, snap, cache, lambda a=addr: a)
@@ -148,6 +157,7 @@ class Server:
                 sendto(packet, addr)
             except OSError:
                 pass
+            listener.one(start)
 
     def _udp_batch_loop(self, sock: socket.socket) -> None:
         """The same as _udp_loop, up to --udp-batch queries per recvmmsg and answers per
@@ -156,7 +166,8 @@ class Server:
         (dropped, or forwarded and answered later from a worker) splits the sendmmsg run."""
         batch = mmsg.Batch(sock, self.batch)
         view, lengths, out_lengths, peer = batch.slots, batch.lengths, batch.out_lengths, batch.peer
-        recv, send, slot, hits = batch.recv, batch.send, mmsg.SLOT, HITS
+        listener = self.stats.enter(self._listeners[sock])
+        recv, send, slot, hits = batch.recv, batch.send, mmsg.SLOT, listener.hit
         holder, stopping = self.holder, self._stopping.is_set
         gen, cache = None, self._cache
         lookup = cache.get
@@ -169,6 +180,7 @@ class Server:
                 continue
             if stopping():
                 return                           # shutdown() wakes recvmmsg with empty datagrams
+            start = perf_counter()               # the batch is timed once, for each of its queries
             snap = holder.current                # one snapshot for the whole batch
             if snap is not gen:
                 gen, cache = snap, self._cache_for(snap)
@@ -197,6 +209,7 @@ class Server:
                 out_lengths[i] = end - at
             if n > first:
                 send(first, n - first)
+            listener.done(n, start)
 
     def _udp_miss(self, sock, data: bytes, snap: Snapshot, cache, peer) -> bytes | None:
         """A query the packet cache does not hold: the forwarding cache (no dnslib, no thread
@@ -210,14 +223,14 @@ class Server:
             key = data[2:]
             memo = self._forward_memo.get(key)
             if memo is not None and memo[1] > forwarder.clock():
-                memo[2][COMPUTED] += 1
+                memo[2][self.stats.computed_slot()] += 1
                 return data[:2] + memo[0]
             hit = forwarder.cached_until(data)
             if hit is not None:
                 packet, until = hit
                 if len(self._forward_memo) >= self.cache_size:
                     _evict_oldest(self._forward_memo)
-                self._forward_memo[key] = (packet[2:], until, self.stats.computed(packet, "udp"))
+                self._forward_memo[key] = (packet[2:], until, self.stats.computed(packet, "udp", data))
                 return packet
         addr = peer()
         try:
@@ -243,28 +256,28 @@ class Server:
         try:
             query = wire.decode(data)
         except wire.Drop:
-            self.stats.dropped += 1
+            self.stats.drop()
             return None
         except wire.Reject as rej:
-            self.stats.computed(rej.packet, transport)
+            self.stats.computed(rej.packet, transport, data)
             return rej.packet
         try:
             resp = ans.answer(snap, query.qname, query.qtype)
         except Exception:
             log.exception("internal error answering %s", query.qname)
-            return self._counted(wire.servfail(query), transport)
+            return self._counted(wire.servfail(query), transport, data)
         limit = MAX_TCP_MESSAGE if tcp else wire.udp_limit(query)
         if self.forwarder is not None and (resp.forward or resp.chase or resp.fallthrough):
             if tcp:
-                return self._counted(self._slow(data, query, resp, limit, tcp), transport)
+                return self._counted(self._slow(data, query, resp, limit, tcp), transport, data)
             if not self._forward_slots.acquire(blocking=False):
-                return self._counted(wire.servfail(query), transport)   # shed load, never queue forever
-            self._pool.submit(self._slow_reply, data, query, resp, limit, reply)
+                return self._counted(wire.servfail(query), transport, data)   # shed load, never queue forever
+            self._pool.submit(self.stats.deferred(self._slow_reply), data, query, resp, limit, reply)
             return None
         if resp.forward:
             resp = ans.Response(ans.REFUSED, authoritative=False)   # no upstream configured
         packet = wire.encode(query, resp, limit)
-        cell = self.stats.computed(packet, transport)
+        cell = self.stats.computed(packet, transport, data)
         self.stats.observe(perf_counter() - start)
         if cache is not None:
             if len(cache) >= self.cache_size:
@@ -272,8 +285,8 @@ class Server:
             cache[data[2:]] = (packet[2:], cell)
         return packet
 
-    def _counted(self, packet: bytes, transport: str) -> bytes:
-        self.stats.computed(packet, transport)
+    def _counted(self, packet: bytes, transport: str, data: bytes | None = None) -> bytes:
+        self.stats.computed(packet, transport, data)
         return packet
 
     def _slow_reply(self, data, query, resp, limit, reply) -> None:
@@ -284,7 +297,7 @@ class Server:
             packet = wire.servfail(query)
         finally:
             self._forward_slots.release()
-        self.stats.computed(packet, "udp")
+        self.stats.computed(packet, "udp", data)
         reply(packet)                            # _udp_send: a failed send is dropped there
 
     def _slow(self, data: bytes, query: wire.Query, resp: ans.Response, limit: int, tcp: bool) -> bytes:
@@ -311,6 +324,7 @@ class Server:
     def _tcp_conn(self, conn: socket.socket) -> None:
         """RFC 7766: many queries per connection, each with a 2-byte length prefix."""
         try:
+            listener = self.stats.enter(self.stats.listener("tcp", *conn.getsockname()[:2]))
             conn.settimeout(TCP_IDLE_TIMEOUT)
             while not self._stopping.is_set():
                 head = _recv_exact(conn, 2)
@@ -320,6 +334,7 @@ class Server:
                 data = _recv_exact(conn, length)
                 if data is None:
                     return
+                start = perf_counter()
                 try:
                     packet = self._respond(data, self.holder.current, None, tcp=True, reply=None)
                 except Exception:
@@ -328,6 +343,7 @@ class Server:
                 if packet is None:
                     continue
                 conn.sendall(struct.pack("!H", len(packet)) + packet)
+                listener.one(start)
         except (OSError, socket.timeout):
             pass
         finally:
