@@ -43,7 +43,7 @@ from kubernetes.config.config_exception import ConfigException
 
 from kdns import metrics, objects
 from kdns.objects import SERVICE_NAME_LABEL, Cluster, FieldError
-from kdns.sources import Object, Sink
+from kdns.sources import Object, Sink, programming
 
 log = logging.getLogger("kdns.cluster")
 
@@ -471,6 +471,9 @@ class ClusterSource:
             # Before the first full sync the store collects; the first reset carries it all.
             if change is not None and self.synced:
                 self._tell(self.sink.apply, *change)
+                if kind.resource == "endpointslices" and change[0] != "DELETED":
+                    programming.served(event.get("object") or {}, self.store.cluster.services.get(
+                        (change[1].namespace, change[1].service_name)))
             return rv
 
     def _tell(self, call: Callable[..., None], *args: Any) -> None:
