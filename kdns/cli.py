@@ -6,12 +6,13 @@ import argparse
 import ctypes
 import gc
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 
-from kdns import __version__, envcli
+from kdns import __version__, envcli, logs
 from kdns.config import (Config, ConfigError, add_source_args, format_hostport, normalize_zone,
                          parse_hostport, uses_api)
 from kdns.forward import ForwardConfigError
@@ -77,7 +78,7 @@ def add_forward_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdns", description="Cluster DNS for Kubernetes Service discovery")
     parser.add_argument("--version", action="version", version=f"kdns {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_log_args(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="answer DNS for a cluster over UDP and TCP")
@@ -104,14 +105,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reload", type=float, default=2.0, metavar="SECONDS",
                    help="poll manifests for changes this often; 0 disables (default 2)")
     add_ops_args(s)
-    envcli.add_parser(sub)
+    s.add_argument("--log-queries", action="store_true",
+                   help="log one line per query in CoreDNS log plugin's format (default off; "
+                        "answers through the one-datagram-per-call UDP loop while on)")
+    add_log_args(s)
+    add_log_args(envcli.add_parser(sub))
     return parser
+
+
+def add_log_args(p: argparse.ArgumentParser, top: bool = False) -> None:
+    """--log-level and --log-format, before or after the subcommand (``kdns serve --log-level
+    debug`` and ``kdns --log-level debug serve`` are the same; the later one wins)."""
+    default = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
+    p.add_argument("--log-level", default=default("info"), choices=logs.LEVELS,
+                   help="least severe level logged (default info)")
+    p.add_argument("--log-format", default=default("text"), choices=logs.FORMATS,
+                   help="text: timestamp, [LEVEL], message; json: one object per line (default text)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
-                        format="kdns: %(message)s")
+    logs.setup(args.log_level, args.log_format)
     if args.command == "serve":
         return serve(args)
     if args.command == "env":
@@ -233,6 +247,9 @@ def serve(args) -> int:
     except OSError as exc:
         print(f"kdns: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    if args.log_queries:
+        from kdns import querylog
+        querylog.install(server)
     try:
         server.forwarder = _forwarder(args, bound, config.cache_size, config.zones)
     except ForwardConfigError as exc:
@@ -254,6 +271,10 @@ def serve(args) -> int:
         log.info("serving %s and the reverse zones: %d services, %d namespaces, from %s",
                  config.domain, len(store.cluster.services), len(store.cluster.namespaces),
                  ", ".join(str(p) for p in paths))
+        if not args.manifests and os.environ.get("KUBECONFIG"):
+            log.warning("$KUBECONFIG is set, but without --kubeconfig, --context or --in-cluster "
+                        "kdns serves the embedded example cluster; to serve your cluster: "
+                        "kdns serve --kubeconfig \"$KUBECONFIG\"")
     for host, port in bound:
         log.info("listening on %s (udp, tcp)", format_hostport(host, port))
     looped: list[str] = []
