@@ -39,8 +39,11 @@ from kdns.snapshot import Holder, Snapshot
 
 log = logging.getLogger("kdns.server")
 
-TCP_IDLE_TIMEOUT = 10.0        # seconds a TCP client may sit idle between queries (RFC 7766 §6.2.3)
-TCP_MAX_CONNECTIONS = 256      # beyond this, new connections are closed at once
+# Seconds a TCP client may sit idle between queries (RFC 7766 §6.2.3): above CoreDNS forward's
+# 10 s connection expiry (NodeLocal DNSCache's pool), so the client, not kdns, closes an idle
+# connection and never sends a query down one kdns is closing.
+TCP_IDLE_TIMEOUT = 15.0
+TCP_MAX_CONNECTIONS = 256      # default --tcp-connections: beyond it, new connections are closed at once
 MAX_TCP_MESSAGE = 65535
 # Forwarded queries waiting for a worker (CoreDNS forward's max_concurrent): past this, a dead
 # or slow upstream would only grow a queue whose answers come after the clients gave up.
@@ -49,7 +52,7 @@ MAX_PENDING_FORWARDS = 1000
 
 class Server:
     def __init__(self, holder: Holder, listen: tuple[tuple[str, int], ...], cache_size: int = 20000,
-                 forwarder=None, batch: int = 64):
+                 forwarder=None, batch: int = 64, tcp_connections: int = TCP_MAX_CONNECTIONS):
         self.holder = holder
         self.batch = batch        # datagrams per recvmmsg/sendmmsg (Config checks 1-1024); 1 = recvfrom
         self.listen = listen
@@ -63,7 +66,7 @@ class Server:
         self._threads: list[threading.Thread] = []
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="kdns-slow")
         self._forward_slots = threading.BoundedSemaphore(MAX_PENDING_FORWARDS)
-        self._tcp_slots = threading.BoundedSemaphore(TCP_MAX_CONNECTIONS)
+        self._tcp_slots = threading.BoundedSemaphore(tcp_connections)
         self._stopping = threading.Event()
         self.stats = QueryStats()
         self._listeners: dict = {}              # socket -> its kdns.metrics.Listener
