@@ -263,7 +263,8 @@ def serve(args) -> int:
         print(f"kdns: {exc}", file=sys.stderr)
         server.close()
         return 2
-    status, web = _start_http(args, server, store.holder, source.waiting_for if source else None)
+    status, web = _start_http(args, server, store.holder, source.waiting_for if source else None,
+                              source.problem if source else None)
     if status is None:
         server.close()
         return 1
@@ -310,12 +311,12 @@ def serve(args) -> int:
     return 0
 
 
-def _start_http(args, server, holder, waiting_for=None):
+def _start_http(args, server, holder, waiting_for=None, problem=None):
     """The /health, /ready, /metrics endpoints when --http is given: (Status, HTTP or None);
     (None, None) when the address cannot be bound."""
     from kdns import http, metrics
 
-    status = http.Status(lambda: holder.current, waiting_for)
+    status = http.Status(lambda: holder.current, waiting_for, problem)
     if args.http is None:
         return status, None
     metrics.register(metrics.QueryCollector(server.stats, lambda: holder.current, status.ready,
