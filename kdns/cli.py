@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 
-from kdns import __version__, envcli, logs
+from kdns import __version__, compare, envcli, logs
 from kdns.config import (Config, ConfigError, add_source_args, format_hostport, normalize_zone,
                          parse_hostport, uses_api)
 from kdns.forward import ForwardConfigError
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "answers through the one-datagram-per-call UDP loop while on)")
     add_log_args(s)
     add_log_args(envcli.add_parser(sub))
+    add_log_args(compare.add_parser(sub))
     return parser
 
 
@@ -133,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
     if args.command == "env":
         return envcli.run(args)
+    if args.command == "compare":
+        return compare.run(args, envcli.load_cluster)
     return 2
 
 

@@ -101,6 +101,21 @@ def _unknown(namespace: str, cluster: Cluster) -> bool:
     return bool(known) and namespace not in known
 
 
+def load_cluster(args: argparse.Namespace) -> Cluster | None:
+    """The source's Cluster for another subcommand (`kdns compare`), its problems printed as
+    `kdns env` prints them; None when it cannot be read."""
+    try:
+        return _cluster(args)
+    except UsageError as exc:
+        for line in exc.lines:
+            print(f"kdns: {line}", file=sys.stderr)
+    except manifests.ManifestError as exc:
+        for line in exc.problems:
+            print(f"kdns: {line}", file=sys.stderr)
+        print(f"kdns: {len(exc.problems)} problem(s) in the manifests", file=sys.stderr)
+    return None
+
+
 def format_variables(variables: Sequence[tuple[str, str]], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(dict(variables), indent=2, ensure_ascii=False) + "\n"

@@ -188,3 +188,72 @@ def test_pods_verified_without_permission_serves_and_is_not_ready(api, tmp_path)
     finally:
         log = server.stop()
     assert "Traceback" not in log
+
+
+# ---------------------------------------------------------------- kdns compare (the migration's check)
+
+APP = """\
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.0.20
+  ports: [{name: http, port: 80, protocol: TCP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec:
+  clusterIP: None
+  ports: [{name: pg, port: 5432, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-a, namespace: shop, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+ports: [{name: pg, port: 5432, protocol: TCP}]
+endpoints:
+- addresses: [10.244.1.5]
+  conditions: {ready: true}
+"""
+
+
+def test_compare_two_real_servers(tmp_path):
+    same, moved = tmp_path / "same.yaml", tmp_path / "moved.yaml"
+    same.write_text(APP)
+    moved.write_text(APP.replace("10.96.0.20", "10.96.0.21"))
+    a = Kdns("--manifests", str(same), "--reload", "0")
+    b = Kdns("--manifests", str(same), "--reload", "0", "--ttl", "30")     # TTLs are not compared
+    c = Kdns("--manifests", str(moved), "--reload", "0")
+    try:
+        servers = [f"127.0.0.1:{s.port}" for s in (a, b, c)]
+        out = run_kdns("compare", "--server", servers[0], "--server", servers[1], "--manifests", str(same))
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert out.stdout == ""
+        assert f"9 questions about 2 Services: 0 differ; {servers[0]} and {servers[1]} agree" in out.stderr
+        out = run_kdns("compare", "--server", servers[0], "--server", servers[2], "--manifests", str(same))
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert out.stdout.splitlines() == [
+            f"differ: web.shop.svc.cluster.local. A: {servers[0]} NOERROR [web.shop.svc.cluster.local. A "
+            f"10.96.0.20]; {servers[2]} NOERROR [web.shop.svc.cluster.local. A 10.96.0.21]",
+            f"differ: 20.0.96.10.in-addr.arpa. PTR: {servers[0]} NOERROR [20.0.96.10.in-addr.arpa. PTR "
+            f"web.shop.svc.cluster.local.]; {servers[2]} NXDOMAIN []",
+        ]
+        assert "9 questions about 2 Services: 2 differ" in out.stderr
+        # A server that does not answer is a difference too, not a hang or a traceback.
+        dead = socket_port()
+        out = run_kdns("compare", "--server", servers[0], "--server", f"127.0.0.1:{dead}",
+                       "--manifests", str(same), "--timeout", "0.2")
+        assert out.returncode == 1 and "timeout []" in out.stdout and "Traceback" not in out.stderr
+        out = run_kdns("compare", "--server", servers[0])
+        assert out.returncode == 2 and "give --server exactly twice" in out.stderr
+    finally:
+        for s in (a, b, c):
+            s.stop()
+
+
+def socket_port() -> int:
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
