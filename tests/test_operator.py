@@ -257,3 +257,25 @@ def socket_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_tcp_connections_caps_open_connections():
+    import socket
+    import struct
+
+    server = Kdns("--tcp-connections", "1", "--reload", "0")
+    try:
+        first = socket.create_connection(("127.0.0.1", server.port), timeout=3)
+        q = dns.message.make_query(WEB, "A").to_wire()
+        first.sendall(struct.pack("!H", len(q)) + q)
+        assert len(first.recv(2)) == 2                                  # served: the one slot is taken
+        second = socket.create_connection(("127.0.0.1", server.port), timeout=3)
+        second.sendall(struct.pack("!H", len(q)) + q)
+        assert second.recv(2) == b""                                    # closed at once
+        second.close()
+        first.close()
+        assert wait_for(lambda: server.query(WEB, tcp=True).answer)     # the slot comes back
+    finally:
+        server.stop()
+    bad = run_kdns("serve", "--tcp-connections", "0")
+    assert bad.returncode == 2 and "--tcp-connections 0: must be 1-65535" in bad.stderr
