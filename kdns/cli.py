@@ -259,7 +259,7 @@ def serve(args) -> int:
         return 1
     if args.log_queries:
         from kdns import querylog
-        querylog.install(server)
+        querylog.install(server, args.log_format)
     try:
         server.forwarder = _forwarder(args, bound, config.cache_size, config.zones)
     except ForwardConfigError as exc:

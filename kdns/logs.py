@@ -38,9 +38,6 @@ class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc = {"time": _timestamp(record), "level": record.levelname.lower(), "logger": record.name,
                "msg": record.getMessage()}
-        fields = getattr(record, "query", None)
-        if fields:
-            doc.update(fields)
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
         return json.dumps(doc, ensure_ascii=False)

@@ -168,7 +168,10 @@ class Listener:
     def one(self, start: float) -> None:
         """One query answered outside a batch (TCP, a forwarded UDP query)."""
         took = perf_counter() - start
-        self.counts[bisect.bisect_left(DURATION_BOUNDS, took)] += 1
+        if took <= 0.00025:
+            self.counts[0] += 1
+        else:
+            self.counts[bisect.bisect_left(DURATION_BOUNDS, took)] += 1
         self.sum += took
 
 
