@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--udp-batch", type=int, default=64, metavar="N",
                    help="UDP datagrams per recvmmsg/sendmmsg call (default 64); 1 = one "
                         "recvfrom/sendto per query, the loop used where recvmmsg is missing")
+    s.add_argument("--loadbalance", action=argparse.BooleanOptionalAction, default=True,
+                   help="rotate A/AAAA answers of several records between queries, round robin, "
+                        "as CoreDNS's loadbalance (default on; --no-loadbalance: always in "
+                        "EndpointSlice order)")
     add_forward_args(s)
     s.add_argument("--reload", type=float, default=2.0, metavar="SECONDS",
                    help="poll manifests for changes this often; 0 disables (default 2)")
@@ -146,7 +150,7 @@ def _config(args) -> Config:
                   endpoint_pod_names=args.endpoint_pod_names, publish_not_ready=args.publish_not_ready,
                   listen=listen, service_cidr=args.service_cidr, pod_ip=args.pod_ip,
                   ns_addresses=ns_addresses, cache_size=args.cache_size,
-                  udp_batch=args.udp_batch)
+                  udp_batch=args.udp_batch, loadbalance=args.loadbalance)
 
 
 def _load_manifests(paths, service_cidr, sink, reload):
@@ -251,7 +255,7 @@ def serve(args) -> int:
         print(f"kdns: --tcp-connections {args.tcp_connections}: must be 1-65535", file=sys.stderr)
         return 2
     server = Server(store.holder, config.listen, config.cache_size, batch=config.udp_batch,
-                    tcp_connections=args.tcp_connections)
+                    loadbalance=config.loadbalance, tcp_connections=args.tcp_connections)
     try:
         bound = server.bind()
     except OSError as exc:

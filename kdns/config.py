@@ -90,6 +90,9 @@ class Config:
     ns_addresses: tuple[str, ...] = field(default=())
     cache_size: int = 20000
     udp_batch: int = 64
+    # Rotate A/AAAA RRsets of several records between answers (kubeadm's Corefile has
+    # CoreDNS's loadbalance), so clients do not all pile onto the first address.
+    loadbalance: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.udp_batch <= 1024:

@@ -348,6 +348,8 @@ class QueryCollector:
         for li in listeners:                  # every listener shows, before its first query too
             if li.proto == "udp":
                 misses.setdefault((li.server, ZONE), 0)
+                for kind in ("success", "denial"):
+                    hits.setdefault((li.server, kind, ZONE), 0)
         fam = CounterMetricFamily("kdns_dns_requests", "DNS requests, by server, zone, proto, family "
                                   "(1 = IPv4, 2 = IPv6) and query type",
                                   labels=["server", "zone", "proto", "family", "type"])
