@@ -208,16 +208,19 @@ class QueryStats:
     def listener(self, proto: str, host: str | None = None, port: int | None = None) -> Listener:
         """The registered listener for an address (a wildcard bind matches any host), else the
         first of that proto; one is made if there is none (a Server that never bound)."""
-        fallback = None
+        fallback = wildcard = None
+        family = None if host is None else ("2" if ":" in host else "1")
         for li in self.listeners:
             if li.proto != proto:
                 continue
             fallback = fallback or li
-            if port is not None and li.server.endswith(f":{port}"):
-                if host is None or li.server in (f"dns://{host}:{port}", f"dns://[{host}]:{port}") \
-                        or li.server.startswith(("dns://0.0.0.0:", "dns://[::]:")):
-                    return li
-        return fallback or self.listen(proto, host or "0.0.0.0", port or 0)
+            if port is None or not li.server.endswith(f":{port}") or family not in (None, li.family):
+                continue
+            if host is None or li.server in (f"dns://{host}:{port}", f"dns://[{host}]:{port}"):
+                return li
+            if li.server.startswith(("dns://0.0.0.0:", "dns://[::]:")):
+                wildcard = wildcard or li
+        return wildcard or fallback or self.listen(proto, host or "0.0.0.0", port or 0)
 
     def enter(self, listener: Listener) -> Listener:
         """This thread answers for ``listener`` (a UDP loop, a TCP connection, a worker)."""
@@ -261,7 +264,9 @@ class QueryStats:
     def drop(self) -> None:
         """A packet answered with nothing (not a query, too short)."""
         self.dropped += 1
-        self.current("udp").skipped += 1
+        li = getattr(self._local, "listener", None)
+        if li is not None and li.proto == "udp":     # out of its batch's answers (TCP: untimed anyway)
+            li.skipped += 1
 
     def deferred(self, fn):
         """``fn`` to run on a worker thread for this thread's UDP listener: the query leaves the
