@@ -2,7 +2,8 @@
 
 For a migration (docs/ops.md): the cluster's DNS today (CoreDNS behind kube-dns) and kdns behind
 its own Service, both asked, from the Services kdns itself reads (the API, or manifests), for
-each Service's A, AAAA and SRV, each named port's SRV, and each cluster IP's PTR. Answers are
+each Service's A, AAAA and SRV, each named port's SRV, each cluster IP's PTR and each ready
+headless endpoint's address record. Answers are
 compared as sets of records (owner, type, data), with the rcode; TTLs are left out (kubeadm's
 Corefile says 30, kdns defaults to 5), as is record order (both rotate). Exit 0: no difference;
 1: differences (one line each); 2: bad flags or sources.
@@ -40,9 +41,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def questions(services: Iterable, zone: str) -> list[tuple[str, str]]:
-    """(name, type) pairs about every Service, in a stable order."""
+def questions(services: Iterable, zone: str, slices: Iterable = ()) -> list[tuple[str, str]]:
+    """(name, type) pairs about every Service, in a stable order; with ``slices``, the A record
+    of every ready endpoint of a headless Service too (by hostname, else dashed IP)."""
     out: list[tuple[str, str]] = []
+    endpoints: dict = {}
+    for sl in slices:
+        if sl.address_type in ("IPv4", "IPv6"):
+            for ep in sl.endpoints:
+                if ep.ready and ep.addresses:
+                    label = ep.hostname or ep.addresses[0].replace(".", "-").replace(":", "-")
+                    endpoints.setdefault((sl.namespace, sl.service_name), set()).add(
+                        (label, "A" if sl.address_type == "IPv4" else "AAAA"))
     for svc in sorted(services, key=lambda s: (s.namespace, s.name)):
         base = f"{svc.name}.{svc.namespace}.svc.{zone}."
         out += [(base, "A"), (base, "AAAA"), (base, "SRV")]
@@ -51,6 +61,8 @@ def questions(services: Iterable, zone: str) -> list[tuple[str, str]]:
                 out.append((f"_{port.name}._{(port.protocol or 'TCP').lower()}.{base}", "SRV"))
         for ip in svc.addresses:
             out.append((ipaddress.ip_address(ip).reverse_pointer + ".", "PTR"))
+        if svc.headless:
+            out += [(f"{label}.{base}", qtype) for label, qtype in sorted(endpoints.get(svc.key, ()))]
     return out
 
 
@@ -140,7 +152,7 @@ def run(args: argparse.Namespace, load_cluster) -> int:
     cluster = load_cluster(args)
     if cluster is None:
         return 2
-    asked = questions(cluster.services.values(), zone)
+    asked = questions(cluster.services.values(), zone, cluster.slices.values())
     a, b = (format_hostport(*s) for s in servers)
     differ = 0
     for name, qtype in asked:

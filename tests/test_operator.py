@@ -230,7 +230,7 @@ def test_compare_two_real_servers(tmp_path):
         out = run_kdns("compare", "--server", servers[0], "--server", servers[1], "--manifests", str(same))
         assert out.returncode == 0, out.stdout + out.stderr
         assert out.stdout == ""
-        assert f"9 questions about 2 Services: 0 differ; {servers[0]} and {servers[1]} agree" in out.stderr
+        assert f"10 questions about 2 Services: 0 differ; {servers[0]} and {servers[1]} agree" in out.stderr
         out = run_kdns("compare", "--server", servers[0], "--server", servers[2], "--manifests", str(same))
         assert out.returncode == 1, out.stdout + out.stderr
         assert out.stdout.splitlines() == [
@@ -239,7 +239,7 @@ def test_compare_two_real_servers(tmp_path):
             f"differ: 20.0.96.10.in-addr.arpa. PTR: {servers[0]} NOERROR [20.0.96.10.in-addr.arpa. PTR "
             f"web.shop.svc.cluster.local.]; {servers[2]} NXDOMAIN []",
         ]
-        assert "9 questions about 2 Services: 2 differ" in out.stderr
+        assert "10 questions about 2 Services: 2 differ" in out.stderr
         # A server that does not answer is a difference too, not a hang or a traceback.
         dead = socket_port()
         out = run_kdns("compare", "--server", servers[0], "--server", f"127.0.0.1:{dead}",
