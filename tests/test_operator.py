@@ -40,7 +40,10 @@ def run_kdns(*args: str, env: dict | None = None, timeout: float = 60) -> subpro
 # ---------------------------------------------------------------- --log-queries
 
 def test_query_log_is_coredns_common_format():
-    server = Kdns("--log-queries", "--reload", "0")
+    from dnsstub import Stub
+
+    upstream = Stub(["www.example.com. 300 IN A 192.0.2.53"])
+    server = Kdns("--log-queries", "--reload", "0", "--upstream", f"127.0.0.1:{upstream.port}")
     try:
         q = dns.message.make_query(WEB, "A", use_edns=0, payload=1232, want_dnssec=True)
         q.id = 4242
@@ -55,10 +58,16 @@ def test_query_log_is_coredns_common_format():
             out = subprocess.run([dig, "@127.0.0.1", "-p", str(server.port), "+short", "-x", "10.96.45.200"],
                                  capture_output=True, text=True, timeout=10)
             assert out.stdout.strip() == WEB
-        assert wait_for(lambda: len(query_lines(server)) == (3 if dig else 2)), server.log()
+        # A forwarded query is answered from a worker thread: logged all the same.
+        assert server.query("www.example.com.").answer[0][0].address == "192.0.2.53"
+        assert wait_for(lambda: len(query_lines(server)) == (4 if dig else 3)), server.log()
         lines = query_lines(server)
     finally:
         server.stop()
+        upstream.close()
+    forwarded = lines[-1]
+    assert (forwarded["name"], forwarded["rcode"]) == ("www.example.com.", "NOERROR")
+    assert "aa" not in forwarded["rflags"].split(",")
     first = lines[0]
     assert first["remote"] == "127.0.0.1" and first["id"] == "4242"
     assert (first["type"], first["class"], first["name"], first["proto"]) == ("A", "IN", WEB, "udp")
