@@ -18,9 +18,10 @@ from conftest import ROOT
 
 MANIFEST = ROOT / "deploy" / "kdns.yaml"
 KUBE_DNS = ROOT / "deploy" / "kube-dns.yaml"
+UPSTREAM = ROOT / "deploy" / "kube-dns-upstream.yaml"
 PODS_VERIFIED = ROOT / "deploy" / "kdns-pods-verified.yaml"
 MONITORING = ROOT / "deploy" / "monitoring"
-EVERY_FILE = [MANIFEST, KUBE_DNS, PODS_VERIFIED, MONITORING / "servicemonitor.yaml",
+EVERY_FILE = [MANIFEST, KUBE_DNS, UPSTREAM, PODS_VERIFIED, MONITORING / "servicemonitor.yaml",
               MONITORING / "prometheus-rules.yaml"]
 
 # Flags the container passes that another branch adds to `kdns serve` (the API source). Until it
@@ -132,9 +133,9 @@ def test_kubectl_apply_dry_run_accepts_the_manifest(kubeconfig, tmp_path):
         "clusterrolebinding.rbac.authorization.k8s.io/system:kdns created (dry run)",
         "deployment.apps/kdns created (dry run)",
         "service/kdns created (dry run)",
-        "service/kube-dns-upstream created (dry run)",
         "poddisruptionbudget.policy/kdns created (dry run)",
         "service/kube-dns created (dry run)",
+        "service/kube-dns-upstream created (dry run)",
         "clusterrole.rbac.authorization.k8s.io/system:kdns:pods created (dry run)",
         "clusterrolebinding.rbac.authorization.k8s.io/system:kdns:pods created (dry run)",
         "servicemonitor.monitoring.coreos.com/kdns created (dry run)",
@@ -148,8 +149,7 @@ def test_kubectl_apply_dry_run_accepts_the_manifest(kubeconfig, tmp_path):
     sent = [d for d in yaml.safe_load_all(out.stdout) if d]
     assert [(d["kind"], d["metadata"]["name"]) for d in sent] == [
         ("ServiceAccount", "kdns"), ("ClusterRole", "system:kdns"), ("ClusterRoleBinding", "system:kdns"),
-        ("Deployment", "kdns"), ("Service", "kdns"), ("Service", "kube-dns-upstream"),
-        ("PodDisruptionBudget", "kdns")]
+        ("Deployment", "kdns"), ("Service", "kdns"), ("PodDisruptionBudget", "kdns")]
 
 
 # ---------------------------------------------------------------- the schema, from the kubernetes client
@@ -200,11 +200,11 @@ def test_every_field_is_in_the_kubernetes_schema(docs):
     """A typo (readOnlyRootFileSystem) would be silently dropped by the API server: catch it here,
     against the kubernetes client's models (generated from the API's OpenAPI spec)."""
     problems: list[str] = []
-    for doc in docs + load(KUBE_DNS) + load(PODS_VERIFIED):
+    for doc in docs + load(KUBE_DNS) + load(UPSTREAM) + load(PODS_VERIFIED):
         model = _model(doc["kind"], doc["apiVersion"])
         _check(doc, model.__name__, f"{doc['kind']}/{doc['metadata']['name']}", problems)
     # IntOrString fields (probe and target ports) are typed object in the client: check them here.
-    for svc in [d for d in docs + load(KUBE_DNS) if d["kind"] == "Service"]:
+    for svc in [d for d in docs + load(KUBE_DNS) + load(UPSTREAM) if d["kind"] == "Service"]:
         assert all(isinstance(p["targetPort"], int) for p in svc["spec"]["ports"])
     assert not problems, "\n".join(problems)
 
@@ -260,13 +260,14 @@ def test_deployment_is_hardened_and_probed(docs):
 
 
 def test_kube_dns_service_maps_53_to_1053(docs):
-    """kdns.yaml never touches kube-dns (running beside CoreDNS); kube-dns.yaml, for a cluster
-    without DNS, selects kdns's pods; so do kdns's own Service and NodeLocal's kube-dns-upstream."""
-    assert not [d for d in docs if d["metadata"]["name"] == "kube-dns"]
+    """kdns.yaml never touches kube-dns or kube-dns-upstream (running beside CoreDNS, and
+    NodeLocal's upstream); kube-dns.yaml (a cluster without DNS) and kube-dns-upstream.yaml (the
+    switch, with NodeLocal) select kdns's pods, as kdns's own Service does, 53 -> 1053."""
+    assert not [d for d in docs if d["metadata"]["name"] in ("kube-dns", "kube-dns-upstream")]
     pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert pod_labels.get("k8s-app") != "kube-dns", "no cluster traffic before the selector switch"
     for svc in (one(load(KUBE_DNS), "Service", "kube-dns"), one(docs, "Service", "kdns"),
-                one(docs, "Service", "kube-dns-upstream")):
+                one(load(UPSTREAM), "Service", "kube-dns-upstream")):
         assert svc["metadata"]["namespace"] == "kube-system"
         assert svc["spec"]["selector"].items() <= pod_labels.items()
         ports = {(p["port"], p["protocol"], p["targetPort"]) for p in svc["spec"]["ports"]}
@@ -298,7 +299,7 @@ def test_pods_verified_rbac_is_optional_and_exact(docs):
 def test_servicemonitor_scrapes_each_pod_once(docs):
     (sm,) = load(MONITORING / "servicemonitor.yaml")
     want = sm["spec"]["selector"]["matchLabels"]
-    services = [d for d in docs + load(KUBE_DNS) if d["kind"] == "Service"]
+    services = [d for d in docs + load(KUBE_DNS) + load(UPSTREAM) if d["kind"] == "Service"]
     matched = [s for s in services if want.items() <= s["metadata"].get("labels", {}).items()]
     assert [s["metadata"]["name"] for s in matched] == ["kdns"]
     (endpoint,) = sm["spec"]["endpoints"]

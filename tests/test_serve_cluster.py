@@ -248,7 +248,7 @@ def test_ready_and_metrics_follow_the_watch(api, kdns):
 
 
 def test_the_deploy_manifest_applied_through_kubectl_is_served(api, kdns, tmp_path):
-    """deploy/kdns.yaml and deploy/kube-dns.yaml, created with kubectl (validation on) against
+    """deploy/kdns.yaml, kube-dns.yaml and kube-dns-upstream.yaml, created with kubectl (validation on) against
     the fake API, then answered by kdns watching that API: the Services they define resolve."""
     kubectl = os.environ.get("KUBECTL") or shutil.which("kubectl")
     assert kubectl, "kubectl is required (Debian: apt-get install kubernetes-client)"
@@ -256,7 +256,8 @@ def test_the_deploy_manifest_applied_through_kubectl_is_served(api, kdns, tmp_pa
     config = api.kubeconfig(tmp_path / "kubectl-config")
     out = subprocess.run([kubectl, "--kubeconfig", config, "--cache-dir", str(tmp_path / "cache"),
                           "create", "-f", str(ROOT / "deploy" / "kdns.yaml"),
-                          "-f", str(ROOT / "deploy" / "kube-dns.yaml")],
+                          "-f", str(ROOT / "deploy" / "kube-dns.yaml"),
+                          "-f", str(ROOT / "deploy" / "kube-dns-upstream.yaml")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     for name in ("kube-dns", "kdns", "kube-dns-upstream"):
