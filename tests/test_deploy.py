@@ -310,9 +310,9 @@ def test_servicemonitor_scrapes_each_pod_once(docs):
     assert 'job="kdns"' in rules and "job=" not in rules.replace('job="kdns"', "")
 
 
-def test_dashboard_reads_only_what_kdns_exports():
-    """Every metric the dashboard queries is one kdns serves (checked against a live scrape), or
-    a forwarder metric (kdns_forward_*), or Prometheus's own `up`."""
+def test_dashboard_and_alerts_read_only_what_kdns_exports():
+    """Every metric the dashboard and the alerts query is one kdns serves (checked against a live
+    scrape), or a forwarder metric (kdns_forward_*), or Prometheus's own `up`."""
     import json
     import urllib.request
 
@@ -321,6 +321,8 @@ def test_dashboard_reads_only_what_kdns_exports():
     dash = json.loads((MONITORING / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
     exprs.append(dash["templating"]["list"][1]["query"])
+    (rule,) = load(MONITORING / "prometheus-rules.yaml")
+    exprs += [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
     used = set()
     for e in exprs:
         used |= set(re.findall(r"\b([a-z_]+)(?=\{)", e))
