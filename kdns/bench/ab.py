@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kdns.bench.ab", description=__doc__.split("\n\n")[0])
     p.add_argument("--base", type=Path, default=REPO, help="checkout A (default: this one)")
     p.add_argument("--a-args", default="", help="extra `kdns serve` flags for A")
-    p.add_argument("--b-args", default="", help="extra `kdns serve` flags for B (this checkout)")
+    p.add_argument("--b-args", default="", help="extra `kdns serve` flags for B")
+    p.add_argument("--b-checkout", type=Path, default=REPO, help="checkout B (default: this one; "
+                   "the same as A for a control run that shows the method's own bias)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--duration", type=float, default=5.0, help="seconds per dnsperf run")
     p.add_argument("--qps", type=int, default=0,
@@ -100,13 +102,15 @@ def main(argv: list[str] | None = None) -> int:
         datafile.write_text("\n".join(HOT) + "\n")
         a, b = [], []
         for r in range(args.rounds):
-            a.append(one_run(args.base, shlex.split(args.a_args), datafile, args.duration, args.qps))
-            b.append(one_run(REPO, shlex.split(args.b_args), datafile, args.duration, args.qps))
+            # ABBA: odd rounds run B first, so a drift within a round favours neither side.
+            runs = [(a, args.base, args.a_args), (b, args.b_checkout, args.b_args)]
+            for out, checkout, extra in (runs if r % 2 == 0 else runs[::-1]):
+                out.append(one_run(checkout, shlex.split(extra), datafile, args.duration, args.qps))
             print(f"round {r + 1}: A {a[-1]:,.2f}  B {b[-1]:,.2f}  B/A {b[-1] / a[-1]:.3f}", flush=True)
     ratios = sorted(y / x for x, y in zip(a, b))
     unit = "us CPU/query" if args.qps else "QPS"
     print(f"A ({args.base} {args.a_args}): median {statistics.median(a):,.2f} {unit} (range {min(a):,.2f}-{max(a):,.2f})")
-    print(f"B ({REPO} {args.b_args}): median {statistics.median(b):,.2f} {unit} (range {min(b):,.2f}-{max(b):,.2f})")
+    print(f"B ({args.b_checkout} {args.b_args}): median {statistics.median(b):,.2f} {unit} (range {min(b):,.2f}-{max(b):,.2f})")
     print(f"B/A per round: median {statistics.median(ratios):.3f} (range {ratios[0]:.3f}-{ratios[-1]:.3f})")
     return 0
 
