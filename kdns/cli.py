@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 
-from kdns import __version__, compare, envcli, logs
+from kdns import __version__, compare, envcli, explaincli, logs
 from kdns.config import (Config, ConfigError, add_source_args, format_hostport, normalize_zone,
                          parse_hostport, uses_api)
 from kdns.forward import ForwardConfigError
@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_log_args(s)
     add_log_args(envcli.add_parser(sub))
     add_log_args(compare.add_parser(sub))
+    add_log_args(explaincli.add_parser(sub))
     return parser
 
 
@@ -140,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         return envcli.run(args)
     if args.command == "compare":
         return compare.run(args, envcli.load_cluster)
+    if args.command == "explain":
+        return explaincli.run(args)
     return 2
 
 
@@ -153,12 +156,13 @@ def _config(args) -> Config:
                   udp_batch=args.udp_batch, loadbalance=args.loadbalance)
 
 
-def _load_manifests(paths, service_cidr, sink, reload):
+def _load_manifests(paths, service_cidr, sink, reload, derive=None):
     """The manifests, and the Watcher that reloads them (None with --reload 0)."""
+    derive = derive or manifests.workloads.Options()
     try:
         if reload > 0:
-            return manifests.Watcher.loaded(paths, service_cidr, sink, reload)
-        return None, manifests.load(paths, service_cidr)
+            return manifests.Watcher.loaded(paths, service_cidr, sink, reload, derive)
+        return None, manifests.load(paths, service_cidr, derive=derive)
     except manifests.ManifestError as exc:
         for line in exc.problems:
             print(f"kdns: {line}", file=sys.stderr)
@@ -244,7 +248,12 @@ def serve(args) -> int:
             return 2
     else:
         paths = args.manifests or manifests.default_paths()
-        loaded = _load_manifests(paths, config.service_cidr, store, args.reload)
+        try:
+            derive = manifests.workloads.Options.from_args(args)
+        except ValueError as exc:
+            print(f"kdns: {exc}", file=sys.stderr)
+            return 2
+        loaded = _load_manifests(paths, config.service_cidr, store, args.reload, derive)
         if loaded is None:
             return 2
         watcher, cluster = loaded
