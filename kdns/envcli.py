@@ -108,8 +108,9 @@ def _unknown(namespace: str, cluster: Cluster) -> bool:
 def load_cluster(args: argparse.Namespace) -> Cluster | None:
     """The source's Cluster for another subcommand (`kdns compare`), its problems printed as
     `kdns env` prints them; None when it cannot be read."""
+    args = argparse.Namespace(**{"pod": None, "workload": None, **vars(args)})
     try:
-        return _cluster(args)
+        return _cluster(args, [])
     except UsageError as exc:
         for line in exc.lines:
             print(f"kdns: {line}", file=sys.stderr)
