@@ -30,7 +30,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "compare", help="ask two DNS servers about every Service and report the differences",
         description="Ask two DNS servers the same questions about every Service of the source "
-                    "(A, AAAA, SRV, named-port SRV, PTR of cluster IPs) and print each difference. "
+                    "(A, AAAA, SRV, named-port SRV, PTR of cluster IPs, headless endpoints) and print "
+                    "each difference. "
                     "Exit 0 when they agree, 1 when they differ.")
     p.add_argument("--server", action="append", required=True, metavar="HOST[:PORT]",
                    help="a DNS server to ask; give exactly two (e.g. the kube-dns and kdns Service IPs)")
