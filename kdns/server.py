@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
 
 from kdns import answer as ans
-from kdns import mmsg, wire
+from kdns import mmsg, rewrite, wire
 from kdns.metrics import QueryStats
 from kdns.badinput import BadInputLog
 from kdns.packetcache import PacketCache, evict_oldest, rotated
@@ -51,6 +51,7 @@ MAX_PENDING_FORWARDS = 1000
 class Server:
     def __init__(self, holder: Holder, listen: tuple[tuple[str, int], ...], cache_size: int = 20000,
                  forwarder=None, batch: int = 64, loadbalance: bool = True,
+                 rewrites: rewrite.Rules = rewrite.Rules(), max_forwards: int | None = None,
                  tcp_connections: int = TCP_MAX_CONNECTIONS):
         self.holder = holder
         self.batch = batch        # datagrams per recvmmsg/sendmmsg (Config checks 1-1024); 1 = recvfrom
@@ -59,13 +60,15 @@ class Server:
         self.forwarder = forwarder
         self.cache = PacketCache(holder, self.cache_size)
         self.loadbalance = loadbalance          # rotate A/AAAA RRsets between answers
+        self.rewrites = rewrites                # --rewrite-name/--rewrite-suffix
         self._turn = 0                          # the rotation of uncached (TCP) answers
         self._forward_memo: dict = {}           # query after ID -> (reply after ID, valid until, cell)
         self._udp: list[socket.socket] = []
         self._tcp: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="kdns-slow")
-        self._forward_slots = threading.BoundedSemaphore(MAX_PENDING_FORWARDS)
+        self._forward_slots = threading.BoundedSemaphore(
+            max(1, MAX_PENDING_FORWARDS if max_forwards is None else max_forwards))
         self._tcp_slots = threading.BoundedSemaphore(tcp_connections)
         self._stopping = threading.Event()
         self.stats = QueryStats()
@@ -265,7 +268,10 @@ class Server:
                 hit[1][self.stats.current("udp").hit] += 1
                 return data[:2] + (hit[0] if hit[3] is None else rotated(hit))
         try:
-            resp = ans.answer(snap, query.qname, query.qtype)
+            if self.rewrites:
+                resp = rewrite.answer(snap, query.qname, query.qtype, self.rewrites)
+            else:
+                resp = ans.answer(snap, query.qname, query.qtype)
         except Exception as e:
             self.bad.exception("answering", e, query.qname)
             return self._counted(wire.servfail(query), transport, data)

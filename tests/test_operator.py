@@ -292,3 +292,13 @@ def test_tcp_connections_caps_open_connections():
         server.stop()
     bad = run_kdns("serve", "--tcp-connections", "0")
     assert bad.returncode == 2 and "--tcp-connections 0: must be 1-65535" in bad.stderr
+
+
+def test_a_corefile_log_line_turns_on_the_query_log(tmp_path):
+    corefile = tmp_path / "Corefile"
+    corefile.write_text(".:53 {\n    errors\n    log\n    kubernetes cluster.local in-addr.arpa ip6.arpa\n}\n")
+    out = run_kdns("corefile", str(corefile))
+    assert out.returncode == 0, out.stderr
+    assert "--log-queries" in out.stdout.split()
+    corefile.write_text(".:53 {\n    kubernetes cluster.local in-addr.arpa ip6.arpa\n}\n")
+    assert "--log-queries" not in run_kdns("corefile", str(corefile)).stdout.split()
