@@ -207,9 +207,9 @@ def test_fallthrough_answer_never_outlives_the_snapshot(tmp_path, upstream):
         k.stop()
 
 
-def test_forwarded_queries_beyond_the_pending_bound_get_servfail_at_once(monkeypatch):
-    """While the upstream holds every answer, at most MAX_PENDING_FORWARDS queries wait; the next
-    one is answered SERVFAIL at once instead of joining an ever-longer queue."""
+def test_forwarded_queries_beyond_max_concurrent_get_servfail_at_once():
+    """While the upstream holds every answer, at most max_concurrent queries are in flight at it;
+    the next one is answered SERVFAIL at once instead of joining an ever-longer queue."""
     import dns.message
     import dns.query
 
@@ -219,14 +219,15 @@ def test_forwarded_queries_beyond_the_pending_bound_get_servfail_at_once(monkeyp
     from kdns.snapshot import Store
     from kdns.sources import manifests
 
-    monkeypatch.setattr(server_mod, "MAX_PENDING_FORWARDS", 2)
     held = Stub(UPSTREAM)
     held.hold.clear()
     config = Config(listen=(("127.0.0.1", 0),))
     store = Store(config)
     store.reset(manifests.load([DATA / "cluster.yaml"]))
     srv = server_mod.Server(store.holder, config.listen, 100)
-    srv.forwarder = Forwarder([held.addr], 100, timeout=10, deadline=10, own_zones=config.zones)
+    # initial_rto: the held queries are not sent again while they wait
+    srv.forwarder = Forwarder([held.addr], 100, timeout=10, deadline=10, own_zones=config.zones,
+                              max_concurrent=2, initial_rto=10)
     (addr,) = srv.bind()
     srv.start()
     socks = []

@@ -136,6 +136,14 @@ class Forwarder:
         """Whether ``client`` (a socket address) may have names forwarded (``--allow``)."""
         return self.acl.allows(client)
 
+    def admits(self, client) -> bool:
+        """``allows``, counting a refusal (kdns_forward_refused_total)."""
+        if self.acl.allows(client):
+            return True
+        self._count("refused")
+        FORWARD_REFUSED.inc()
+        return False
+
     def submit(self, query: bytes, client=None, tcp: bool = False,
                reply: Callable[[bytes], None] | None = None) -> bytes | None:
         """The reply to a client's raw query now (a cache hit, REFUSED, SERVFAIL when shed),
