@@ -119,6 +119,10 @@ class Forwarder:
         self.inflight = [0] * len(self.upstreams)
         for i, name in enumerate(self.names):
             FORWARD_INFLIGHT.labels(name).set_function(lambda i=i: self.inflight[i])
+        # prometheus children looked up once: labels() costs as much as the increment
+        self._requests = [FORWARD_REQUESTS.labels(n) for n in self.names]
+        self._durations = [FORWARD_DURATION.labels(n) for n in self.names]
+        self._responses: dict[tuple[str, int], object] = {}
         self._jobs: dict[tuple, _Job] = {}       # reactor thread only
         self.stats = {"hits": 0, "misses": 0, "coalesced": 0, "upstream_queries": 0,
                       "upstream_failures": 0, "servfail": 0, "shed": 0, "stale": 0, "refused": 0}
@@ -372,7 +376,6 @@ class Forwarder:
         job.rotation = self.health.order()
         self._jobs[key] = job
         self._count("misses")
-        job.deadline = self.reactor.later(self.deadline, self._finish, job, None)
         self._next(job)
 
     def _next(self, job: _Job, tcp_at: int | None = None) -> None:
@@ -399,17 +402,19 @@ class Forwarder:
                         self.stats["shed"] += 1
                         FORWARD_SHED.labels("upstream").inc()
                     self._finish(job, None)
-                return                       # the open attempts or the deadline decide
+                self._deadline(job)          # the open attempts or the deadline decide
+                return
             tcp = job.tcp
         att = _Attempt(i, self.reactor.now(), tcp)
         job.attempts.append(att)
         self.inflight[i] += 1
         self.stats["upstream_queries"] += 1
-        FORWARD_REQUESTS.labels(self.names[i]).inc()
+        self._requests[i].inc()
 
         def done(reply: bytes | None, why: str) -> None:
             self._on_reply(job, att, reply, why)
         if tcp:
+            self._deadline(job)
             att.ex = self.transport.tcp(i, secrets.token_bytes(2) + job.body,
                                         min(self.timeout, remaining), done)
         else:
@@ -417,12 +422,19 @@ class Forwarder:
             att.ex = self.transport.udp(i, lambda qid: qid + body, done)
             att.timer = self.reactor.later(min(self.health.rto[i], remaining), self._on_timer, job, att)
 
+    def _deadline(self, job: _Job) -> None:
+        """A timer for the job's deadline, for when no attempt's RTO timer will reach it (each
+        UDP attempt's timer is capped at the deadline, and its firing ends the job there)."""
+        if job.deadline is None:
+            job.deadline = self.reactor.later(job.start + self.deadline - self.reactor.now(),
+                                              self._finish, job, None)
+
     def _on_timer(self, job: _Job, att: _Attempt) -> None:
         if att.over or job.done:
             return
         att.timed_out = True                     # still open: a late reply is welcome
         self.stats["upstream_failures"] += 1
-        FORWARD_RESPONSES.labels("timeout", self.names[att.i]).inc()
+        self._response("timeout", att.i)
         self.health.timed_out(att.i)
         self._next(job)
 
@@ -449,7 +461,7 @@ class Forwarder:
         if reply is None:
             if not att.timed_out:
                 self.stats["upstream_failures"] += 1
-                FORWARD_RESPONSES.labels(why, to).inc()
+                self._response(why, i)
             if why == "timeout":                 # a TCP exchange ran out of time
                 self.health.timed_out(i)
             else:                                # refused, reset, unreachable
@@ -458,7 +470,7 @@ class Forwarder:
             self._next(job)
             return
         rtt = self.reactor.now() - att.sent
-        FORWARD_DURATION.labels(to).observe(rtt)
+        self._durations[i].observe(rtt)
         entry = None
         if _matches(reply, job.question):
             try:
@@ -468,11 +480,11 @@ class Forwarder:
         if entry is None:
             # Garbage, or a reply to some other question under our ID: never relayed.
             self.stats["upstream_failures"] += 1
-            FORWARD_RESPONSES.labels("mismatch", to).inc()
+            self._response("mismatch", i)
             self._drop(job, i)
             self._next(job)
             return
-        FORWARD_RESPONSES.labels(RCODES[entry.rcode], to).inc()
+        self._response(RCODES[entry.rcode], i)
         if reply[2] & 0x02 and not att.tcp:
             log.debug("%s truncated the reply; asking again over TCP", to)
             self.health.answered(i, rtt)
@@ -498,7 +510,7 @@ class Forwarder:
         for att in list(job.attempts):
             if not att.timed_out:                # given up on at the deadline
                 self.stats["upstream_failures"] += 1
-                FORWARD_RESPONSES.labels("timeout", self.names[att.i]).inc()
+                self._response("timeout", att.i)
             att.ex.cancel()
             self._close(job, att)
         stale = False
@@ -514,6 +526,12 @@ class Forwarder:
         for ip, waiter in job.waiters:
             self._release(ip)
             self._call(waiter, entry, stale)
+
+    def _response(self, rcode: str, i: int) -> None:
+        child = self._responses.get((rcode, i))
+        if child is None:
+            child = self._responses[(rcode, i)] = FORWARD_RESPONSES.labels(rcode, self.names[i])
+        child.inc()
 
     @staticmethod
     def _call(waiter: Waiter, entry: Entry | None, stale: bool) -> None:

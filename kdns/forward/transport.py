@@ -17,6 +17,7 @@ Everything here runs on the reactor's thread; other threads hand work in with ``
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import secrets
 import socket
@@ -38,6 +39,10 @@ class Reactor:
 
     def __init__(self, name: str = "kdns-forward"):
         self.loop = asyncio.new_event_loop()
+        # Work handed in from other threads: a deque and one wake-up per batch, not a self-pipe
+        # write per query (that write was ~50 µs under GIL contention, measured).
+        self._inbox: collections.deque = collections.deque()
+        self._woken = False
         self._started = threading.Event()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
@@ -50,7 +55,25 @@ class Reactor:
 
     def call(self, fn, *args) -> None:
         """Run ``fn(*args)`` on the reactor thread, soon (from any thread)."""
-        self.loop.call_soon_threadsafe(fn, *args)
+        self._inbox.append((fn, args))
+        if not self._woken:
+            self._woken = True
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:                 # the loop is closed: shutting down
+                pass
+
+    def _drain(self) -> None:
+        # _woken goes false before the inbox is emptied: an item appended after that schedules
+        # another drain, one appended before it is taken here.
+        self._woken = False
+        inbox = self._inbox
+        while inbox:
+            fn, args = inbox.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("internal error in the forwarding reactor")
 
     def later(self, delay: float, fn, *args) -> asyncio.TimerHandle:
         """Reactor thread only."""
