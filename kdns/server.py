@@ -253,7 +253,7 @@ class Server:
         limit = MAX_TCP_MESSAGE if tcp else wire.udp_limit(query)
         forwarder = self.forwarder
         if forwarder is not None and (resp.forward or resp.chase or resp.fallthrough):
-            if forwarder.admits(client):
+            if forwarder.admits(client, query.name):
                 if not tcp and resp.forward:
                     # The forwarding cache, asked only once the name is known to be outside our
                     # zones (an in-zone miss never pays for a second parse).

@@ -154,11 +154,13 @@ def test_refuses_to_start_when_every_upstream_is_itself():
     assert "Traceback" not in k.log()
 
 
-def test_forwarding_loop_is_detected_and_fatal():
-    """The upstream sends everything back to kdns, as a node resolver pointing at kdns would."""
+@pytest.mark.parametrize("allow", [[], ["--allow", "127.0.0.5/32"]], ids=["default-allow", "upstream-not-allowed"])
+def test_forwarding_loop_is_detected_and_fatal(allow):
+    """The upstream sends everything back to kdns, as a node resolver pointing at kdns would;
+    also when the upstream's own address is not one --allow lets recurse."""
     relay = Stub([])
     k = KdnsProcess("--manifests", str(DATA / "cluster.yaml"), "--upstream",
-                    f"127.0.0.1:{relay.port}", "--reload", "0", wait=False)
+                    f"127.0.0.1:{relay.port}", "--reload", "0", *allow, wait=False)
 
     def back_to_kdns(data: bytes) -> bytes | None:
         if not k.port:

@@ -140,9 +140,11 @@ class Forwarder:
         """Whether ``client`` (a socket address) may have names forwarded (``--allow``)."""
         return self.acl.allows(client)
 
-    def admits(self, client) -> bool:
-        """``allows``, counting a refusal (kdns_forward_refused_total)."""
-        if self.acl.allows(client):
+    def admits(self, client, name: bytes = b"") -> bool:
+        """``allows``, counting a refusal (kdns_forward_refused_total). Our own loop probe
+        (``name``, the query's wire name) is let through from anyone: it comes back from an
+        upstream, which need not be a client --allow names, and must be seen to be reported."""
+        if self.acl.allows(client) or (self._probe is not None and name.lower() == self._probe):
             return True
         self._count("refused")
         FORWARD_REFUSED.inc()
