@@ -180,14 +180,14 @@ def measure(names: list[str], tmp: Path, *, duration: float, flood_qps: int, flo
     return rows
 
 
-def _spread(values: list[float], fmt: str) -> str:
+def _spread(values: list[float], fmt: str, unit: str = "") -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "-"
     mid = statistics.median(values)
     if len(values) == 1:
-        return format(mid, fmt)
-    return f"{format(mid, fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+        return format(mid, fmt) + unit
+    return f"{format(mid, fmt)}{unit} ({format(min(values), fmt)}-{format(max(values), fmt)}{unit})"
 
 
 def table(rows: list[dict], flood_qps: int, flood_s: float) -> str:
@@ -210,9 +210,9 @@ def table(rows: list[dict], flood_qps: int, flood_s: float) -> str:
         victims = ", ".join(f"{r['victim_ok']}/{r['victim_total']}" for r in ok)
         out.append(f"{name:<10} {_spread([r['cached_qps'] for r in ok], ',.0f'):>22} "
                    f"{_spread([r['uncached_qps'] for r in ok], ',.0f'):>22} "
-                   f"{_spread(during, '.0f') + '%':>22} "
+                   f"{_spread(during, '.0f', '%'):>22} "
                    f"{_spread([r['victim_p50_ms'] for r in ok], '.1f'):>18} "
-                   f"{_spread(after, '.0f') + '%':>14}")
+                   f"{_spread(after, '.0f', '%'):>14}")
         out.append(f"{'':<10} victim answers per round: {victims}; flood replies: "
                    + "; ".join(", ".join(f"{k} {v}" for k, v in sorted(r["flood_rcodes"].items())) or "none"
                                for r in ok))
