@@ -48,6 +48,7 @@ log = logging.getLogger("kdns.forward")
 DEADLINE = 3.5              # everything for one query; glibc's resolver waits 5 s per try
 MAX_CONCURRENT = 1000       # CoreDNS forward's default
 MAX_CLIENT_FORWARDS = 100
+SWEEP_INTERVAL = 1.0
 
 Waiter = Callable[[Entry | None, bool], None]      # (entry or None, stale)
 
@@ -124,6 +125,7 @@ class Forwarder:
         self._durations = [FORWARD_DURATION.labels(n) for n in self.names]
         self._responses: dict[tuple[str, int], object] = {}
         self._jobs: dict[tuple, _Job] = {}       # reactor thread only
+        self.reactor.call(self._sweep)
         self.stats = {"hits": 0, "misses": 0, "coalesced": 0, "upstream_queries": 0,
                       "upstream_failures": 0, "servfail": 0, "shed": 0, "stale": 0, "refused": 0}
         self._probe: bytes | None = None
@@ -423,6 +425,15 @@ class Forwarder:
             body = job.body
             att.ex = self.transport.udp(i, lambda qid: qid + body, done)
             att.timer = self.reactor.later(min(self.health.rto[i], remaining), self._on_timer, job, att)
+
+    def _sweep(self) -> None:
+        """Once a second: end any job past its deadline that no timer ended. None should exist;
+        this is the net under a bug, so that a stuck job cannot hold its clients' slots forever."""
+        late = self.reactor.now() - self.deadline - SWEEP_INTERVAL
+        for job in [j for j in self._jobs.values() if j.start < late]:
+            log.warning("a forwarded query outlived its deadline; ended by the sweep")
+            self._finish(job, None)
+        self.reactor.later(SWEEP_INTERVAL, self._sweep)
 
     def _deadline(self, job: _Job) -> None:
         """A timer for the job's deadline, for when no attempt's RTO timer will reach it (each

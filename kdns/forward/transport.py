@@ -159,7 +159,10 @@ class _UdpSocket:
             if ex is None:
                 continue                  # late (its query is answered or given up) or spoofed
             ex.channel = None
-            ex.done(data, "")
+            try:
+                ex.done(data, "")
+            except Exception:                     # one bad exchange must not stop the burst
+                log.exception("internal error handling an upstream reply")
 
     def close(self) -> None:
         try:
