@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 
-from kdns import __version__, envcli
+from kdns import __version__, envcli, explaincli
 from kdns.config import (Config, ConfigError, add_source_args, format_hostport, normalize_zone,
                          parse_hostport, uses_api)
 from kdns.forward import ForwardConfigError
@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="poll manifests for changes this often; 0 disables (default 2)")
     add_ops_args(s)
     envcli.add_parser(sub)
+    explaincli.add_parser(sub)
     return parser
 
 
@@ -172,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
     if args.command == "env":
         return envcli.run(args)
+    if args.command == "explain":
+        return explaincli.run(args)
     return 2
 
 
@@ -185,12 +188,13 @@ def _config(args) -> Config:
                   udp_batch=args.udp_batch, loadbalance=args.loadbalance)
 
 
-def _load_manifests(paths, service_cidr, sink, reload):
+def _load_manifests(paths, service_cidr, sink, reload, derive=None):
     """The manifests, and the Watcher that reloads them (None with --reload 0)."""
+    derive = derive or manifests.workloads.Options()
     try:
         if reload > 0:
-            return manifests.Watcher.loaded(paths, service_cidr, sink, reload)
-        return None, manifests.load(paths, service_cidr)
+            return manifests.Watcher.loaded(paths, service_cidr, sink, reload, derive)
+        return None, manifests.load(paths, service_cidr, derive=derive)
     except manifests.ManifestError as exc:
         for line in exc.problems:
             print(f"kdns: {line}", file=sys.stderr)
@@ -283,7 +287,12 @@ def serve(args) -> int:
             return 2
     else:
         paths = args.manifests or manifests.default_paths()
-        loaded = _load_manifests(paths, config.service_cidr, store, args.reload)
+        try:
+            derive = manifests.workloads.Options.from_args(args)
+        except ValueError as exc:
+            print(f"kdns: {exc}", file=sys.stderr)
+            return 2
+        loaded = _load_manifests(paths, config.service_cidr, store, args.reload, derive)
         if loaded is None:
             return 2
         watcher, cluster = loaded
