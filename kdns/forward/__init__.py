@@ -8,6 +8,7 @@
 - ``acl``: who may recurse (``--allow``);
 - ``chase``: the ExternalName chase's answer (§3.5);
 - ``upstreams``: where the upstreams come from (``--upstream``, ``--resolv-conf``);
+- ``loopprobe``: CoreDNS's loop probe, a forwarding loop made fatal;
 - ``forwarder``: the Forwarder that ties them together, with its limits.
 
 The byte-level walks are kdns.rawwire's.
@@ -17,8 +18,7 @@ from kdns.forward.acl import DEFAULT_ALLOW, Allow, AllowError
 from kdns.forward.cache import (FORMERR, MAX_NEGATIVE_TTL, MAX_POSITIVE_TTL, NOERROR, NXDOMAIN,
                                 REFUSED, SERVFAIL, T_A, T_AAAA, T_CNAME, T_HINFO, T_NS, T_PTR,
                                 T_SOA, Entry, Record, answer_records, normalise, serve)
-from kdns.forward.forwarder import (DEADLINE, MAX_CLIENT_FORWARDS, MAX_CONCURRENT, Forwarder,
-                                    ForwardingLoop)
+from kdns.forward.forwarder import DEADLINE, MAX_CLIENT_FORWARDS, MAX_CONCURRENT, Forwarder
 from kdns.forward.health import POLICIES
 from kdns.forward.stale import STALE_TTL
 from kdns.forward.upstreams import ForwardConfigError, choose_upstreams, is_own_address, read_resolv_conf
@@ -27,5 +27,5 @@ __all__ = ["DEFAULT_ALLOW", "Allow", "AllowError", "FORMERR", "MAX_NEGATIVE_TTL"
            "MAX_POSITIVE_TTL", "NOERROR", "NXDOMAIN", "REFUSED", "SERVFAIL", "T_A", "T_AAAA",
            "T_CNAME", "T_HINFO", "T_NS", "T_PTR", "T_SOA", "Entry", "Record", "answer_records",
            "normalise", "serve", "DEADLINE", "MAX_CLIENT_FORWARDS", "MAX_CONCURRENT", "Forwarder",
-           "ForwardingLoop", "POLICIES", "STALE_TTL", "ForwardConfigError", "choose_upstreams",
+           "POLICIES", "STALE_TTL", "ForwardConfigError", "choose_upstreams",
            "is_own_address", "read_resolv_conf"]

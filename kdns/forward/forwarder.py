@@ -29,19 +29,20 @@ from typing import Callable, Iterable, Sequence
 
 from kdns import answer as ans
 from kdns import wire
-from kdns.config import MAX_UDP_PAYLOAD, format_hostport as _fmt
+from kdns.config import MAX_UDP_PAYLOAD
 from kdns.forward import chase
 from kdns.forward.acl import DEFAULT_ALLOW, Allow
-from kdns.forward.cache import (FORMERR, REFUSED, SERVFAIL, T_HINFO, Cache, Entry, Record,
+from kdns.forward.cache import (FORMERR, REFUSED, SERVFAIL, Cache, Entry, Record,
                                 answer_records, normalise, serve)
 from kdns.forward.health import INITIAL_RTO, Health
+from kdns.forward.loopprobe import LoopProbe
 from kdns.forward.stale import STALE_TTL, Stale
-from kdns.forward.transport import Reactor, Transport, exchange_once
+from kdns.forward.transport import Reactor, Transport
 from kdns.forward.upstreams import ForwardConfigError
 from kdns.metrics import (FORWARD_DURATION, FORWARD_INFLIGHT, FORWARD_REFUSED, FORWARD_REQUESTS,
                           FORWARD_RESPONSES, FORWARD_SHED, FORWARD_STALE, RCODES)
 from kdns.rawwire import (C_IN, Query, WireError, build_query, error_response, name_to_wire,
-                          parse_query, wire_to_name)
+                          parse_query)
 
 log = logging.getLogger("kdns.forward")
 
@@ -51,10 +52,6 @@ MAX_CLIENT_FORWARDS = 100
 SWEEP_INTERVAL = 1.0
 
 Waiter = Callable[[Entry | None, bool], None]      # (entry or None, stale)
-
-
-class ForwardingLoop(RuntimeError):
-    """Our loop probe came back to us: an upstream forwards to kdns."""
 
 
 class _Attempt:
@@ -128,9 +125,7 @@ class Forwarder:
         self.reactor.call(self._sweep)
         self.stats = {"hits": 0, "misses": 0, "coalesced": 0, "upstream_queries": 0,
                       "upstream_failures": 0, "servfail": 0, "shed": 0, "stale": 0, "refused": 0}
-        self._probe: bytes | None = None
-        self._on_loop: Callable[[str], None] | None = None
-        self.loop_detected: str | None = None
+        self.loop_probe = LoopProbe(self.upstreams, timeout)
 
     def close(self) -> None:
         self.reactor.call(self.transport.close)
@@ -146,7 +141,7 @@ class Forwarder:
         """``allows``, counting a refusal (kdns_forward_refused_total). Our own loop probe
         (``name``, the query's wire name) is let through from anyone: it comes back from an
         upstream, which need not be a client --allow names, and must be seen to be reported."""
-        if self.acl.allows(client) or (self._probe is not None and name.lower() == self._probe):
+        if self.acl.allows(client) or self.loop_probe.matches(name):
             return True
         self._count("refused")
         FORWARD_REFUSED.inc()
@@ -161,8 +156,8 @@ class Forwarder:
             q = parse_query(query)
         except WireError:
             return None
-        if self._probe is not None and q.name.lower() == self._probe:
-            return self._probe_came_back(q)
+        if self.loop_probe.matches(q.name):
+            return self.loop_probe.came_back(q)
         if not self.acl.allows(client):
             self._count("refused")
             FORWARD_REFUSED.inc()
@@ -252,44 +247,12 @@ class Forwarder:
 
     def start_loop_probe(self, on_loop: Callable[[str], None], attempts: int = 3,
                          interval: float = 1.0) -> threading.Thread:
-        """CoreDNS's ``loop`` plugin: send HINFO <rand>.<rand>. to the upstreams. A query we send
-        straight to an upstream never reaches our own sockets unless the upstream sends it back,
-        so the first sight of it in ``submit`` is a loop; ``on_loop`` gets the message."""
-        name = f"{secrets.randbelow(10**12)}.{secrets.randbelow(10**12)}."
-        self._probe = name_to_wire(name)
-        self._on_loop = on_loop
+        """kdns.forward.loopprobe: ``on_loop`` gets the message if the probe comes back."""
+        return self.loop_probe.start(on_loop, attempts, interval)
 
-        def run() -> None:
-            for _ in range(attempts):
-                if self.loop_detected:
-                    return
-                msg, _ = build_query(self._probe, T_HINFO)
-                for up in self.upstreams:
-                    try:
-                        exchange_once(up, msg, self.timeout)
-                    except OSError:
-                        pass
-                    if self.loop_detected:
-                        return
-                time.sleep(interval)
-
-        t = threading.Thread(target=run, name="kdns-loop-probe", daemon=True)
-        t.start()
-        return t
-
-    def _probe_came_back(self, q: Query) -> bytes:
-        with self._lock:
-            first = self.loop_detected is None
-            if first:
-                self.loop_detected = (
-                    f"forwarding loop detected: kdns's probe query {wire_to_name(q.name)} HINFO, "
-                    f"sent to the upstreams {', '.join(_fmt(*u) for u in self.upstreams)}, came back "
-                    "to kdns. An upstream forwards to kdns (a node resolv.conf pointing at kdns or "
-                    "at a local stub that does?); point --upstream at a real resolver")
-        if first and self._on_loop is not None:
-            self._on_loop(self.loop_detected)
-        # Answering instead of forwarding again breaks the circle.
-        return error_response(q, SERVFAIL)
+    @property
+    def loop_detected(self) -> str | None:
+        return self.loop_probe.detected
 
     # -- the caller's side -------------------------------------------------------------------
 
