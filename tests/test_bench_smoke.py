@@ -159,3 +159,19 @@ def test_ratios_pair_the_rounds():
     assert item["ratio"] == 200 / 150 and item["met"] is True
     line = report.ratio_lines([item])
     assert "kdns/dnsmasq-a 1.33 [rounds 1.30-1.80] (target >= 1.3: met)" in line
+
+
+def test_forwarding_row_stub_answers_blackholes_and_expires(tmp_path):
+    """The forwarding row's upstream (python -m kdns.bench.stub): an A for every name, TTL 0 under
+    the fresh zone, nothing at all under the blackholed one."""
+    from kdns.bench import forwarding
+
+    spec = forwarding.stub_spec(servers.free_port())
+    with servers.Running(spec, tmp_path):
+        r = servers.ask(spec.port, "anything.example.", "A")
+        assert [rr.to_text() for rr in r.answer] == ["anything.example. 300 IN A 192.0.2.1"]
+        r = servers.ask(spec.port, f"x1.{forwarding.FRESH}", "A")
+        assert [rr.to_text() for rr in r.answer] == [f"x1.{forwarding.FRESH} 0 IN A 192.0.2.1"]
+        r = servers.ask(spec.port, "anything.example.", "AAAA")
+        assert r.rcode() == 0 and not r.answer
+        assert servers.ask(spec.port, f"r1.{forwarding.BLACKHOLE}", "A", timeout=0.3) is None
