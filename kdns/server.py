@@ -30,7 +30,7 @@ import threading
 from time import perf_counter
 
 from kdns import answer as ans
-from kdns import mmsg, wire
+from kdns import mmsg, rewrite, wire
 from kdns.metrics import COMPUTED, HITS, QueryStats
 from kdns.badinput import BadInputLog
 from kdns.packetcache import PacketCache, evict_oldest, rotated
@@ -45,7 +45,8 @@ MAX_TCP_MESSAGE = 65535
 
 class Server:
     def __init__(self, holder: Holder, listen: tuple[tuple[str, int], ...], cache_size: int = 20000,
-                 forwarder=None, batch: int = 64, loadbalance: bool = True):
+                 forwarder=None, batch: int = 64, loadbalance: bool = True,
+                 rewrites: rewrite.Rules = rewrite.Rules()):
         self.holder = holder
         self.batch = batch        # datagrams per recvmmsg/sendmmsg (Config checks 1-1024); 1 = recvfrom
         self.listen = listen
@@ -53,6 +54,7 @@ class Server:
         self.forwarder = forwarder
         self.cache = PacketCache(holder, self.cache_size)
         self.loadbalance = loadbalance          # rotate A/AAAA RRsets between answers
+        self.rewrites = rewrites                # --rewrite-name/--rewrite-suffix
         self._turn = 0                          # the rotation of uncached (TCP) answers
         self._forward_memo: dict = {}           # query after ID -> (reply after ID, valid until, cell)
         self._udp: list[socket.socket] = []
@@ -246,7 +248,10 @@ class Server:
                 hit[1][HITS] += 1
                 return data[:2] + (hit[0] if hit[3] is None else rotated(hit))
         try:
-            resp = ans.answer(snap, query.qname, query.qtype)
+            if self.rewrites:
+                resp = rewrite.answer(snap, query.qname, query.qtype, self.rewrites)
+            else:
+                resp = ans.answer(snap, query.qname, query.qtype)
         except Exception as e:
             self.bad.exception("answering", e, query.qname)
             return self._counted(wire.servfail(query), transport)

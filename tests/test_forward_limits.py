@@ -212,7 +212,8 @@ def test_default_allow_lets_any_loopback_client_recurse(upstream):
 def test_bad_allow_and_serve_stale_values_are_clear_errors():
     for args, message in ((["--allow", "10.0.0.0/33"], "--allow '10.0.0.0/33': not a CIDR"),
                           (["--serve-stale", "forever"], "'forever': a duration like"),
-                          (["--max-client-forwards", "0"], "'0': must be 1-100000")):
+                          (["--max-client-forwards", "0"], "'0': must be 1-100000"),
+                          (["--policy", "fastest"], "argument --policy: invalid choice: 'fastest'")):
         k = KdnsProcess("--manifests", str(DATA / "cluster.yaml"), *args, wait=False)
         assert k.wait_exit() == 2
         assert message in k.log() and "Traceback" not in k.log()

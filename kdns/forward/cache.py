@@ -44,8 +44,10 @@ class Entry:
     stored: float                      # clock reading when it arrived
 
 
-def normalise(msg: bytes, now: float) -> Entry:
-    """Walk an upstream response: strip OPT, note TTL positions, work out the cache lifetime."""
+def normalise(msg: bytes, now: float, caps: tuple[int, int] = (MAX_POSITIVE_TTL, MAX_NEGATIVE_TTL)) -> Entry:
+    """Walk an upstream response: strip OPT, note TTL positions, work out the cache lifetime.
+    ``caps`` (--cache-ttl, --cache-denial-ttl; CoreDNS cache's success and denial TTLs): no TTL
+    is served, nor the entry kept, longer than the cap of its kind."""
     if len(msg) < 12:
         raise WireError("shorter than a DNS header")
     flags, qd, an, ns, ar = struct.unpack_from("!HHHHH", msg, 2)
@@ -78,6 +80,10 @@ def normalise(msg: bytes, now: float) -> Entry:
         if ttl & 0x80000000:   # RFC 2181 §8: a TTL with the top bit set means zero
             ttl = 0
             msg = msg[:ttl_off] + b"\x00\x00\x00\x00" + msg[ttl_off + 4:]
+        cap = caps[1] if (flags & 0x000F) == NXDOMAIN or not an else caps[0]
+        if ttl > cap:
+            ttl = cap
+            msg = msg[:ttl_off] + struct.pack("!I", cap) + msg[ttl_off + 4:]
         kept[section] += 1
         rr_ends.append(off)
         ttl_offsets.append(ttl_off)
@@ -99,9 +105,9 @@ def normalise(msg: bytes, now: float) -> Entry:
     if not tc:
         if rcode == NXDOMAIN or (rcode == NOERROR and kept[0] == 0):
             if neg_ttl >= 0:
-                lifetime = min([neg_ttl, MAX_NEGATIVE_TTL, *ttls])
+                lifetime = min([neg_ttl, caps[1], *ttls])
         elif rcode == NOERROR:
-            lifetime = min([MAX_POSITIVE_TTL, *ttls])
+            lifetime = min([caps[0], *ttls])
     return Entry(bytes(body), tuple(kept), tuple(rr_ends), tuple(ttl_offsets), rcode, lifetime, now)
 
 

@@ -32,8 +32,8 @@ from kdns import wire
 from kdns.config import MAX_UDP_PAYLOAD
 from kdns.forward import chase
 from kdns.forward.acl import DEFAULT_ALLOW, Allow
-from kdns.forward.cache import (FORMERR, REFUSED, SERVFAIL, Cache, Entry, Record,
-                                answer_records, normalise, serve)
+from kdns.forward.cache import (FORMERR, MAX_NEGATIVE_TTL, MAX_POSITIVE_TTL, REFUSED, SERVFAIL,
+                                Cache, Entry, Record, answer_records, normalise, serve)
 from kdns.forward.health import INITIAL_RTO, Health
 from kdns.forward.loopprobe import LoopProbe
 from kdns.forward.stale import STALE_TTL, Stale
@@ -93,13 +93,15 @@ class Forwarder:
                  policy: str = "sequential", max_concurrent: int = MAX_CONCURRENT,
                  max_client_forwards: int = MAX_CLIENT_FORWARDS,
                  allow: Iterable[str] = DEFAULT_ALLOW, serve_stale: float = 0.0,
-                 initial_rto: float = INITIAL_RTO):
+                 initial_rto: float = INITIAL_RTO,
+                 caps: tuple[int, int] = (MAX_POSITIVE_TTL, MAX_NEGATIVE_TTL)):
         if not upstreams:
             raise ForwardConfigError("no upstream resolvers")
         self.upstreams = tuple(upstreams)
         self.timeout = timeout          # the longest one attempt at one upstream is waited for
         self.deadline = deadline        # everything for one query, all upstreams together
         self.clock = clock
+        self.caps = caps                # --cache-ttl, --cache-denial-ttl
         self.max_concurrent = max(1, max_concurrent)
         self.max_client_forwards = max(1, max_client_forwards)
         # Names under these are answered from the snapshot; cached() leaves them alone, since
@@ -450,7 +452,7 @@ class Forwarder:
         entry = None
         if _matches(reply, job.question):
             try:
-                entry = normalise(reply, self.clock())
+                entry = normalise(reply, self.clock(), self.caps)
             except WireError:
                 pass
         if entry is None:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
-from kdns import objects
+from kdns import objects, selector
 from kdns.objects import Cluster, FieldError
 from kdns.sources import controllers, workloads
 
@@ -163,7 +163,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 
 def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
          files: dict | None = None, *, derive: workloads.Options = workloads.Options(),
-         origins: dict | None = None, derived: list | None = None) -> Cluster:
+         origins: dict | None = None, derived: list | None = None,
+         labels: str | None = None) -> Cluster:
     """Parse manifests into a Cluster; raise ManifestError listing every problem.
 
     ``files`` (the Watcher's): path -> ((mtime, size), objects) of files that parsed cleanly;
@@ -171,6 +172,7 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
     Workloads become pods and EndpointSlices (``derive``: --pod-cidr, --nodes). ``origins``,
     when given, gets (kind, namespace, name) -> "file, document N" of every object read, and
     ``derived`` the controllers.Derived (both for `kdns explain` and `kdns env --workload`).
+    ``labels``: a label selector (--labels); Services it does not select are left out.
     """
     cluster = Cluster()
     inputs: dict[tuple, Any] = {}
@@ -189,7 +191,7 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
         if hit is not None and stamps[path] is not None and hit[0] == stamps[path]:
             cached[path] = hit[1]
     parsed = dict(zip((p for p in found if p not in cached),
-                      _parse_files([p for p in found if p not in cached], stamps)))
+                      _parse_files([p for p in found if p not in cached], stamps, labels)))
     for path in found:
         if path in cached:
             # no document index for objects from the cache: a clash below reads all again
@@ -231,7 +233,8 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
         if reused:
             # A clash with an object from a file not re-read: its lines lack the document
             # index; read everything again for messages that name it.
-            return load(paths, service_cidr, None, derive=derive, origins=origins, derived=derived)
+            return load(paths, service_cidr, None, derive=derive, origins=origins, derived=derived,
+                        labels=labels)
         raise ManifestError(problems)
     # A namespace exists when a Namespace object names it or any object lives in it.
     seen_ns |= {obj.namespace for obj in inputs.values()}
@@ -256,15 +259,16 @@ def _origin_key(obj) -> tuple[str, str, str]:
     return (type(obj).__name__, obj.namespace, obj.name)
 
 
-def _parse_file(path: Path) -> tuple[list, list[str], dict[str, int]]:
+def _parse_file(path: Path, labels: str | None = None) -> tuple[list, list[str], dict[str, int]]:
     """One file: its (where, object) pairs, its problems, the kinds it skipped (picklable, for
     the worker processes of _parse_files)."""
     problems: list[str] = []
     skipped: dict[str, int] = {}
-    return list(_file_objects(path, problems, skipped)), problems, skipped
+    return list(_file_objects(path, problems, skipped, labels)), problems, skipped
 
 
-def _parse_files(paths: list[Path], stamps: dict) -> list[tuple[list, list[str], dict[str, int]]]:
+def _parse_files(paths: list[Path], stamps: dict,
+                 labels: str | None = None) -> list[tuple[list, list[str], dict[str, int]]]:
     """_parse_file of each path, in order. Parsing YAML is CPU-bound (libyaml composes, PyYAML's
     Python constructors build: ~30 s for a 10,000-Service dump on one core), so past
     PARALLEL_BYTES the files are shared out to worker processes (``python -c``, never a fork: a
@@ -275,14 +279,14 @@ def _parse_files(paths: list[Path], stamps: dict) -> list[tuple[list, list[str],
     size = sum(stamps[p][1] for p in paths if stamps.get(p))
     if workers > 1 and size >= PARALLEL_BYTES:
         try:
-            return _in_workers(paths, stamps, workers)
+            return _in_workers(paths, stamps, workers, labels)
         except (OSError, EOFError, pickle.UnpicklingError, subprocess.SubprocessError) as exc:
             log.warning("parsing the manifests in %d processes failed (%s); parsing them here",
                         workers, exc)
-    return [_parse_file(p) for p in paths]
+    return [_parse_file(p, labels) for p in paths]
 
 
-def _in_workers(paths: list[Path], stamps: dict, workers: int) -> list:
+def _in_workers(paths: list[Path], stamps: dict, workers: int, labels: str | None = None) -> list:
     shares: list[list[int]] = [[] for _ in range(workers)]
     loads = [0] * workers
     for i in sorted(range(len(paths)), key=lambda i: -(stamps.get(paths[i]) or (0, 0))[1]):
@@ -297,7 +301,7 @@ def _in_workers(paths: list[Path], stamps: dict, workers: int) -> list:
     results: list = [None] * len(paths)
     try:
         for proc, share in zip(procs, shares):
-            proc.stdin.write(pickle.dumps([paths[i] for i in share]))
+            proc.stdin.write(pickle.dumps(([paths[i] for i in share], labels)))
             proc.stdin.close()
         for proc, share in zip(procs, shares):
             for i, result in zip(share, pickle.load(proc.stdout)):
@@ -314,8 +318,8 @@ def _in_workers(paths: list[Path], stamps: dict, workers: int) -> list:
 
 def _worker() -> None:
     """A worker process of _in_workers: paths in (pickled, on stdin), results out (stdout)."""
-    paths = pickle.load(sys.stdin.buffer)
-    pickle.dump([_parse_file(p) for p in paths], sys.stdout.buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    paths, labels = pickle.load(sys.stdin.buffer)
+    pickle.dump([_parse_file(p, labels) for p in paths], sys.stdout.buffer, protocol=pickle.HIGHEST_PROTOCOL)
     sys.stdout.buffer.flush()
 
 
@@ -327,8 +331,10 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
-def _file_objects(path: Path, problems: list[str], skipped: dict[str, int]) -> Iterator[tuple[Any, Any]]:
+def _file_objects(path: Path, problems: list[str], skipped: dict[str, int],
+                  labels: str | None = None) -> Iterator[tuple[Any, Any]]:
     """(where, object) for every object kdns serves in one file; problems named as load's."""
+    selected = selector.parse(labels) if labels else None
     for where, doc in _file_documents(path, problems):
         if not isinstance(doc, dict):
             problems.append(f"{where}: {_describe(doc)}: must be a mapping with apiVersion and kind")
@@ -341,6 +347,8 @@ def _file_objects(path: Path, problems: list[str], skipped: dict[str, int]) -> I
         if parse is None:
             skipped[kind] = skipped.get(kind, 0) + 1
             continue
+        if selected is not None and kind == "Service" and not selected(selector.labels_of(doc)):
+            continue                         # --labels: as the API's labelSelector would
         if kind == "EndpointSlice" and doc.get("apiVersion") not in (None, "discovery.k8s.io/v1"):
             problems.append(f"{where}: {_describe(doc)}: field apiVersion: EndpointSlice must be "
                             f"discovery.k8s.io/v1, got {doc.get('apiVersion')!r}")
@@ -406,8 +414,9 @@ class Watcher:
     RESET_ABOVE = 2000
 
     def __init__(self, paths: list, service_cidr: str, sink, interval: float = 2.0,
-                 derive: workloads.Options = workloads.Options()):
+                 derive: workloads.Options = workloads.Options(), labels: str | None = None):
         self.paths = paths
+        self.labels = labels
         self.service_cidr = service_cidr
         self.derive = derive
         self.sink = sink
@@ -420,10 +429,11 @@ class Watcher:
 
     @classmethod
     def loaded(cls, paths: list, service_cidr: str, sink, interval: float = 2.0,
-               derive: workloads.Options = workloads.Options()) -> tuple["Watcher", Cluster]:
+               derive: workloads.Options = workloads.Options(),
+               labels: str | None = None) -> tuple["Watcher", Cluster]:
         """Load the manifests (ManifestError on problems) and a Watcher that knows them."""
-        watcher = cls(paths, service_cidr, sink, interval, derive)
-        cluster = load(paths, service_cidr, watcher._files, derive=derive)
+        watcher = cls(paths, service_cidr, sink, interval, derive, labels)
+        cluster = load(paths, service_cidr, watcher._files, derive=derive, labels=labels)
         watcher._cluster = cluster
         return watcher, cluster
 
@@ -448,7 +458,8 @@ class Watcher:
             return
         self._seen = stamp
         try:
-            cluster = load(self.paths, self.service_cidr, self._files, derive=self.derive)
+            cluster = load(self.paths, self.service_cidr, self._files, derive=self.derive,
+                           labels=self.labels)
         except ManifestError as exc:
             for line in exc.problems:
                 log.error("%s", line)
