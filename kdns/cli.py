@@ -322,9 +322,20 @@ class _SettleAfterFirstSync:
         self.store.set_synced(synced)
 
 
+SWITCH_INTERVAL = 0.0005     # seconds; CPython's default is 0.005 (see serve)
+
+
 def serve(args) -> int:
     from kdns.server import Server
     from kdns.snapshot import Store
+
+    # The UDP loop gives up the GIL at every recvmmsg/sendmmsg; a watch thread decoding a burst
+    # of events then keeps it for the whole switch interval (5 ms by default) before the loop
+    # may answer its next batch. A shorter interval bounds that wait (a convoy that cut hot QPS
+    # under churn far more than the events' own CPU did).
+    # Measured with the churn benchmark (1,000 Services, 100 EndpointSlice changes/s, same
+    # minute): hot QPS 0.54x of rest at 5 ms, 0.94x at 0.5 ms.
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
     try:
         config = _config(args)
