@@ -74,6 +74,21 @@ def add_forward_args(p: argparse.ArgumentParser) -> None:
                         "given (default /etc/resolv.conf); '' = no forwarding (REFUSED)")
 
 
+def add_tcp_args(p: argparse.ArgumentParser) -> None:
+    """What one TCP client may hold (kdns.tcp; README "Limits")."""
+    p.add_argument("--tcp-idle-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="close a TCP connection with no query in flight after this long (default 10)")
+    p.add_argument("--tcp-message-timeout", type=float, default=3.0, metavar="SECONDS",
+                   help="a whole length-prefixed TCP message must arrive within this long of its "
+                        "first byte, or the connection is closed (default 3)")
+    p.add_argument("--tcp-max-connections", type=int, default=256, metavar="N",
+                   help="TCP connections in all; past it the oldest idle one is closed to admit a "
+                        "new one (default 256)")
+    p.add_argument("--tcp-max-per-client", type=int, default=32, metavar="N",
+                   help="TCP connections from one address; past it that client's oldest idle one "
+                        "is closed, else the new one (default 32)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdns", description="Cluster DNS for Kubernetes Service discovery")
     parser.add_argument("--version", action="version", version=f"kdns {__version__}")
@@ -100,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--udp-batch", type=int, default=64, metavar="N",
                    help="UDP datagrams per recvmmsg/sendmmsg call (default 64); 1 = one "
                         "recvfrom/sendto per query, the loop used where recvmmsg is missing")
+    add_tcp_args(s)
     add_forward_args(s)
     s.add_argument("--reload", type=float, default=2.0, metavar="SECONDS",
                    help="poll manifests for changes this often; 0 disables (default 2)")
@@ -126,15 +142,16 @@ def _config(args) -> Config:
                   endpoint_pod_names=args.endpoint_pod_names, publish_not_ready=args.publish_not_ready,
                   listen=listen, service_cidr=args.service_cidr, pod_ip=args.pod_ip,
                   ns_addresses=ns_addresses, cache_size=args.cache_size,
-                  udp_batch=args.udp_batch)
+                  udp_batch=args.udp_batch, tcp_idle_timeout=args.tcp_idle_timeout,
+                  tcp_message_timeout=args.tcp_message_timeout,
+                  tcp_max_connections=args.tcp_max_connections,
+                  tcp_max_per_client=args.tcp_max_per_client)
 
 
 def _load_manifests(paths, service_cidr, sink, reload):
-    """The manifests, and the Watcher that reloads them (None with --reload 0)."""
+    """The manifests, and the Watcher that reloads them (on SIGHUP only, with --reload 0)."""
     try:
-        if reload > 0:
-            return manifests.Watcher.loaded(paths, service_cidr, sink, reload)
-        return None, manifests.load(paths, service_cidr)
+        return manifests.Watcher.loaded(paths, service_cidr, sink, reload)
     except manifests.ManifestError as exc:
         for line in exc.problems:
             print(f"kdns: {line}", file=sys.stderr)
@@ -191,7 +208,9 @@ class _SettleAfterFirstSync:
 
 
 def serve(args) -> int:
+    from kdns import tcp
     from kdns.server import Server
+    from kdns.sockets import ListenError
     from kdns.snapshot import Store
 
     try:
@@ -203,14 +222,32 @@ def serve(args) -> int:
     stop, again = threading.Event(), threading.Event()
     signals: list[int] = []
 
+    source = watcher = None
+
     def on_signal(signum, _frame):
         signals.append(signum)
         (stop if len(signals) == 1 else again).set()
 
+    def on_hangup(_signum, _frame):
+        # SIGHUP is "re-read your configuration" by convention, and what a terminal closing
+        # sends: never a reason to stop serving.
+        if watcher is not None:
+            log.info("SIGHUP: re-reading the manifests")
+            watcher.trigger()
+        else:
+            log.info("SIGHUP: nothing to re-read (the API is watched, not read once)")
+
+    def on_usr1(_signum, _frame):
+        log.info("SIGUSR1: serving snapshot %d (%d services), %d TCP connections",
+                 store.holder.current.version, len(store.cluster.services),
+                 server.tcp.connections() if server is not None and server.tcp is not None else 0)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
+    signal.signal(signal.SIGUSR1, on_usr1)
+    server = None
     store = Store(config)
-    source = watcher = None
     if uses_api(args):
         from kdns.sources.cluster import ClusterError
         try:
@@ -227,11 +264,16 @@ def serve(args) -> int:
         store.reset(cluster, synced=True)
         del cluster
         _settle_memory()
-    server = Server(store.holder, config.listen, config.cache_size, batch=config.udp_batch)
+    limits = tcp.Limits(idle_timeout=config.tcp_idle_timeout,
+                        message_timeout=config.tcp_message_timeout,
+                        max_connections=config.tcp_max_connections,
+                        max_per_client=config.tcp_max_per_client)
+    server = Server(store.holder, config.listen, config.cache_size, batch=config.udp_batch,
+                    tcp_limits=limits)
     try:
         bound = server.bind()
-    except OSError as exc:
-        print(f"kdns: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+    except ListenError as exc:
+        print(f"kdns: {exc.strerror}", file=sys.stderr)
         return 1
     try:
         server.forwarder = _forwarder(args, bound, config.cache_size, config.zones)
@@ -239,7 +281,8 @@ def serve(args) -> int:
         print(f"kdns: {exc}", file=sys.stderr)
         server.close()
         return 2
-    status, web = _start_http(args, server, store.holder, source.waiting_for if source else None)
+    status, web = _start_http(args, server, store.holder, source.waiting_for if source else None,
+                              (source or watcher).failed)
     if status is None:
         server.close()
         return 1
@@ -270,7 +313,10 @@ def serve(args) -> int:
             web.close()
         server.close()
         return 1
-    _lameduck(status, args.lameduck, again)
+    # Ctrl-C on a kdns run by hand: no Service routes to it (no --http, no probes), so a
+    # lameduck would only keep the terminal waiting.
+    interactive = signals[:1] == [signal.SIGINT] and args.http is None
+    _lameduck(status, 0 if interactive else args.lameduck, again)
     if watcher:
         watcher.stop()
     if source is not None:
@@ -282,12 +328,12 @@ def serve(args) -> int:
     return 0
 
 
-def _start_http(args, server, holder, waiting_for=None):
+def _start_http(args, server, holder, waiting_for=None, failed=None):
     """The /health, /ready, /metrics endpoints when --http is given: (Status, HTTP or None);
     (None, None) when the address cannot be bound."""
     from kdns import http, metrics
 
-    status = http.Status(lambda: holder.current, waiting_for)
+    status = http.Status(lambda: holder.current, waiting_for, failed)
     if args.http is None:
         return status, None
     metrics.register(metrics.QueryCollector(server.stats, lambda: holder.current, status.ready,

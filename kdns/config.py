@@ -75,8 +75,23 @@ class Config:
     ns_addresses: tuple[str, ...] = field(default=())
     cache_size: int = 20000
     udp_batch: int = 64
+    # TCP against slow clients (kdns.tcp): a whole message within tcp_message_timeout of its
+    # first byte, a connection closed after tcp_idle_timeout with nothing in flight.
+    tcp_idle_timeout: float = 10.0
+    tcp_message_timeout: float = 3.0
+    tcp_max_connections: int = 256
+    tcp_max_per_client: int = 32
 
     def __post_init__(self) -> None:
+        for flag, value in (("--tcp-idle-timeout", self.tcp_idle_timeout),
+                            ("--tcp-message-timeout", self.tcp_message_timeout)):
+            if not 0 < value <= 3600:
+                raise ConfigError(f"{flag} {value:g}: must be more than 0 and at most 3600 seconds")
+        if not 1 <= self.tcp_max_connections <= 1_000_000:
+            raise ConfigError(f"--tcp-max-connections {self.tcp_max_connections}: must be 1-1000000")
+        if not 1 <= self.tcp_max_per_client <= self.tcp_max_connections:
+            raise ConfigError(f"--tcp-max-per-client {self.tcp_max_per_client}: must be 1 to "
+                              f"--tcp-max-connections ({self.tcp_max_connections})")
         if not 1 <= self.udp_batch <= 1024:
             raise ConfigError(f"--udp-batch {self.udp_batch}: must be 1-1024")
         if not 0 <= self.ttl <= 3600:

@@ -1,4 +1,4 @@
-"""UDP and TCP transport, and the hot path.
+"""The UDP transport and the hot path (TCP connections are kdns.tcp's; it hands us messages).
 
 The hot path is a packet cache: the key is the query after its 2-byte ID (flags, question as
 sent, EDNS), the value is the response after its ID, and the generation is the Snapshot itself
@@ -27,20 +27,17 @@ from __future__ import annotations
 import itertools
 import logging
 import socket
-import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
 
 from kdns import answer as ans
-from kdns import mmsg, wire
+from kdns import mmsg, sockets, tcp, wire
 from kdns.metrics import COMPUTED, HITS, QueryStats
 from kdns.snapshot import Holder, Snapshot
 
 log = logging.getLogger("kdns.server")
 
-TCP_IDLE_TIMEOUT = 10.0        # seconds a TCP client may sit idle between queries (RFC 7766 §6.2.3)
-TCP_MAX_CONNECTIONS = 256      # beyond this, new connections are closed at once
 MAX_TCP_MESSAGE = 65535
 # Forwarded queries waiting for a worker (CoreDNS forward's max_concurrent): past this, a dead
 # or slow upstream would only grow a queue whose answers come after the clients gave up.
@@ -49,8 +46,10 @@ MAX_PENDING_FORWARDS = 1000
 
 class Server:
     def __init__(self, holder: Holder, listen: tuple[tuple[str, int], ...], cache_size: int = 20000,
-                 forwarder=None, batch: int = 64):
+                 forwarder=None, batch: int = 64, tcp_limits: tcp.Limits = tcp.Limits()):
         self.holder = holder
+        self.tcp_limits = tcp_limits
+        self.tcp: tcp.TCPServer | None = None
         self.batch = batch        # datagrams per recvmmsg/sendmmsg (Config checks 1-1024); 1 = recvfrom
         self.listen = listen
         self.cache_size = max(1, cache_size)
@@ -63,39 +62,23 @@ class Server:
         self._threads: list[threading.Thread] = []
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="kdns-slow")
         self._forward_slots = threading.BoundedSemaphore(MAX_PENDING_FORWARDS)
-        self._tcp_slots = threading.BoundedSemaphore(TCP_MAX_CONNECTIONS)
         self._stopping = threading.Event()
         self.stats = QueryStats()
 
     # ------------------------------------------------------------------ lifecycle
     def bind(self) -> list[tuple[str, int]]:
-        """Open every socket (UDP and TCP per listen address); returns the bound addresses."""
-        bound = []
-        for host, port in self.listen:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            tcp = socket.socket(family, socket.SOCK_STREAM)
-            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                tcp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            tcp.bind((host, port))
-            port = tcp.getsockname()[1]          # port 0: UDP takes the same number as TCP
-            udp = socket.socket(family, socket.SOCK_DGRAM)
-            if family == socket.AF_INET6:
-                udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            udp.bind((host, port))
-            tcp.listen(128)
-            self._udp.append(udp)
-            self._tcp.append(tcp)
-            bound.append((host, port))
+        """Open every socket (UDP and TCP per listen address); returns the bound addresses.
+        A sockets.ListenError says which address failed and what to do."""
+        self._udp, self._tcp, bound = sockets.open_listeners(self.listen)
         return bound
 
     def start(self) -> None:
         loop = self._udp_batch_loop if self.batch > 1 and mmsg.available() else self._udp_loop
         for sock in self._udp:
             self._spawn(loop, sock, f"kdns-udp-{sock.getsockname()[1]}")
-        for sock in self._tcp:
-            self._spawn(self._tcp_accept, sock, f"kdns-tcp-{sock.getsockname()[1]}")
+        if self._tcp:
+            self.tcp = tcp.TCPServer(self._tcp, self._tcp_respond, self.tcp_limits)
+            self.tcp.start()
 
     def _spawn(self, target, sock, name) -> None:
         t = threading.Thread(target=target, args=(sock,), name=name, daemon=True)
@@ -104,6 +87,8 @@ class Server:
 
     def close(self) -> None:
         self._stopping.set()
+        if self.tcp is not None:
+            self.tcp.close()
         for sock in self._udp + self._tcp:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
@@ -294,45 +279,9 @@ class Server:
         return self.forwarder.chase(query, resp, limit)
 
     # ------------------------------------------------------------------ TCP
-    def _tcp_accept(self, sock: socket.socket) -> None:
-        while not self._stopping.is_set():
-            try:
-                conn, _ = sock.accept()
-            except OSError:
-                if self._stopping.is_set():
-                    return
-                continue
-            if not self._tcp_slots.acquire(blocking=False):
-                conn.close()
-                continue
-            threading.Thread(target=self._tcp_conn, args=(conn,), daemon=True,
-                             name="kdns-tcp-conn").start()
-
-    def _tcp_conn(self, conn: socket.socket) -> None:
-        """RFC 7766: many queries per connection, each with a 2-byte length prefix."""
-        try:
-            conn.settimeout(TCP_IDLE_TIMEOUT)
-            while not self._stopping.is_set():
-                head = _recv_exact(conn, 2)
-                if head is None:
-                    return
-                (length,) = struct.unpack("!H", head)
-                data = _recv_exact(conn, length)
-                if data is None:
-                    return
-                try:
-                    packet = self._respond(data, self.holder.current, None, tcp=True, reply=None)
-                except Exception:
-                    log.exception("internal error answering a TCP query")
-                    packet = None
-                if packet is None:
-                    continue
-                conn.sendall(struct.pack("!H", len(packet)) + packet)
-        except (OSError, socket.timeout):
-            pass
-        finally:
-            conn.close()
-            self._tcp_slots.release()
+    def _tcp_respond(self, data: bytes) -> bytes | None:
+        """One message off a TCP connection (kdns.tcp owns the connections and their limits)."""
+        return self._respond(data, self.holder.current, None, tcp=True, reply=None)
 
 
 def _evict_oldest(cache: dict) -> None:
@@ -341,12 +290,3 @@ def _evict_oldest(cache: dict) -> None:
     for key in list(itertools.islice(cache, max(1, len(cache) // 4))):
         cache.pop(key, None)        # another UDP thread may have dropped it already
 
-
-def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
-    buf = b""
-    while len(buf) < n:
-        chunk = conn.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf

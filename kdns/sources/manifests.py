@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import pickle
+import stat
 import subprocess
 import sys
 import threading
@@ -55,19 +56,87 @@ def default_paths() -> list[Path]:
     return [Path(str(resources.files("kdns.zones").joinpath("cluster.yaml")))]
 
 
+class Unreadable(str):
+    """A problem line about a file or directory that could not be read, as opposed to one whose
+    content is wrong: on a reload, what it held at the last good read is kept (and logged)."""
+
+    path: str
+
+    def __new__(cls, path, text: str):
+        line = super().__new__(cls, text)
+        line.path = str(path)
+        return line
+
+    def __reduce__(self):                 # pickled back from the parsing worker processes
+        return (Unreadable, (self.path, str(self)))
+
+
 def files_of(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[str]]:
+    """The manifest files under ``paths``, and a line for each path that cannot be used. A
+    directory or file kdns cannot read is a problem (Unreadable), never silently skipped: its
+    Services would go NXDOMAIN without a word."""
     out: list[Path] = []
     problems: list[str] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
-            out.extend(found)
-        elif path.is_file():
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            if os.path.islink(path):
+                problems.append(Unreadable(path, f"{path}: broken symlink (to {os.readlink(path)})"))
+            else:
+                problems.append(f"{path}: no such file or directory")
+            continue
+        except OSError as exc:
+            problems.append(Unreadable(path, f"{path}: cannot read: {exc.strerror or exc}"))
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            out.extend(_walk(path, problems))
+        elif stat.S_ISREG(st.st_mode):
             out.append(path)
         else:
-            problems.append(f"{path}: no such file or directory")
+            problems.append(f"{path}: not a regular file ({_file_type(st.st_mode)}); give a manifest "
+                            f"file or a directory of them")
     return out, problems
+
+
+def _walk(top: Path, problems: list[str]) -> list[Path]:
+    found: list[Path] = []
+
+    def unreadable(exc: OSError) -> None:
+        where = exc.filename or top
+        problems.append(Unreadable(where, f"{where}: cannot read directory: {exc.strerror or exc}"))
+
+    for root, dirs, names in os.walk(top, onerror=unreadable):
+        dirs.sort()
+        for name in names:
+            if not name.endswith(SUFFIXES):
+                continue
+            full = Path(root, name)
+            try:
+                st = os.stat(full)
+            except FileNotFoundError:
+                if os.path.islink(full):
+                    problems.append(Unreadable(full, f"{full}: broken symlink (to {os.readlink(full)})"))
+                continue                  # gone since the directory was listed
+            except OSError as exc:
+                problems.append(Unreadable(full, f"{full}: cannot read: {exc.strerror or exc}"))
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found.append(full)
+            elif not stat.S_ISDIR(st.st_mode):
+                problems.append(f"{full}: not a regular file ({_file_type(st.st_mode)})")
+    return sorted(found)
+
+
+def _file_type(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a file"
 
 
 def _documents(path: Path) -> Iterator[tuple[int, Any]]:
@@ -126,9 +195,13 @@ def _file_documents(path: Path, problems: list[str]) -> Iterator[tuple[Any, Any]
             else:
                 yield _Where(path, index, None), doc
     except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        problems.append(f"{path}: does not parse: {' '.join(str(exc).split())}")
+        problems.append(f"{path}: does not parse: {_short(' '.join(str(exc).split()))}")
+    except RecursionError:
+        problems.append(f"{path}: does not parse: nested too deeply")
+    except MemoryError:
+        problems.append(f"{path}: does not parse: too big to hold in memory")
     except OSError as exc:
-        problems.append(f"{path}: cannot read: {exc.strerror or exc}")
+        problems.append(Unreadable(path, f"{path}: cannot read: {exc.strerror or exc}"))
 
 
 class _Where:
@@ -161,30 +234,57 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
     """Parse manifests into a Cluster; raise ManifestError listing every problem.
 
     ``files`` (the Watcher's): path -> ((mtime, size), objects) of files that parsed cleanly;
-    a file whose stamp is unchanged is not read again, and the dict is updated in place.
+    a file whose stamp is unchanged is not read again, and the dict is updated in place. A file
+    in it that cannot be read now, or that holds no document any more (caught half-written, or
+    emptied), keeps its objects from then, with a warning: data never vanishes without a word.
     """
     cluster = Cluster()
     problems: list[str] = []
     skipped: dict[str, int] = {}
     seen_ns: set[str] = set(ALWAYS_NAMESPACES)
     paths = list(paths)
-    found, missing = files_of(paths)
-    problems.extend(missing)
+    held = files if files is not None else {}
+    found, listing = files_of(paths)
+    keep: dict[str, str] = {}            # path -> why its last good objects are kept
+    for line in listing:
+        known = [k for k in held if isinstance(line, Unreadable) and _under(k, line.path)]
+        for k in known:
+            keep[k] = line
+        if not known:
+            problems.append(line)
+    found = [p for p in found if str(p) not in keep]
     reused = False
     stamps = {path: _stamp(path) for path in found}   # before reading: a later write changes it
     cached = {}
     for path in found:
-        hit = files.get(str(path)) if files is not None else None
+        hit = held.get(str(path))
         if hit is not None and stamps[path] is not None and hit[0] == stamps[path]:
             cached[path] = hit[1]
-    parsed = dict(zip((p for p in found if p not in cached),
-                      _parse_files([p for p in found if p not in cached], stamps)))
+    to_parse = [p for p in found if p not in cached]
+    parsed = dict(zip(to_parse, _parse_files(to_parse, stamps)))
+    for path in to_parse:
+        # Written to while we read it: what we read may be half of either version. Read again.
+        for _ in range(3):
+            now = _stamp(path)
+            if now == stamps[path]:
+                break
+            stamps[path] = now
+            parsed[path] = _parse_file(path)
+    objects_of: list = []
     for path in found:
         if path in cached:
             # no document index for objects from the cache: a clash below reads all again
             objs, reused = [(path, obj) for obj in cached[path]], True
         else:
             objs, file_problems, file_skipped = parsed[path]
+            before = held.get(str(path))
+            unreadable = [q for q in file_problems if isinstance(q, Unreadable)]
+            if before is not None and unreadable:
+                keep[str(path)] = unreadable[0]
+                continue
+            if before is not None and before[1] and not (objs or file_problems or file_skipped):
+                keep[str(path)] = f"{path}: holds no documents now (emptied, or caught half-written)"
+                continue
             problems.extend(file_problems)
             for kind, count in file_skipped.items():
                 skipped[kind] = skipped.get(kind, 0) + count
@@ -193,6 +293,19 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
                     files[str(path)] = (stamps[path], [obj for _, obj in objs])
                 else:
                     files.pop(str(path), None)
+        objects_of.append(objs)
+    for path, why in keep.items():
+        kept = held[path][1]
+        log.warning("%s; keeping its %d object(s) from the last good read until it parses with "
+                    "at least one document or is deleted", why, len(kept))
+        objects_of.append([(Path(path), obj) for obj in kept])
+        reused = True
+    if files is not None:                # forget deleted files: nothing of theirs may come back
+        present = {str(p) for p in found} | set(keep)
+        for k in [k for k in files if k not in present]:
+            del files[k]
+    where_of: dict = {}
+    for objs in objects_of:
         for where, obj in objs:
             key = obj.key if not isinstance(obj, objects.Namespace) else obj.name
             table = getattr(cluster, _TABLES[type(obj)])
@@ -200,12 +313,15 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
                 problems.append(f"{where}: {_describe_object(obj)}: defined twice with different content")
                 continue
             table[key] = obj
+            if isinstance(obj, objects.Service):
+                where_of.setdefault(key, where)
             seen_ns.add(obj.name if isinstance(obj, objects.Namespace) else obj.namespace)
+    problems.extend(_shared_cluster_ips(cluster, where_of))
     for kind, count in sorted(skipped.items()):
         log.info("skipping %d %s object(s): kdns serves Services, EndpointSlices, Endpoints, "
                  "Namespaces and Pods", count, kind)
     if problems:
-        if reused:
+        if reused and files is not None:
             # A clash with an object from a file not re-read: its lines lack the document
             # index; read everything again for messages that name it.
             return load(paths, service_cidr, None)
@@ -217,12 +333,42 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
     return cluster
 
 
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def _shared_cluster_ips(cluster: Cluster, where_of: dict) -> list[str]:
+    """One line per Service whose clusterIP another Service already has. The API server refuses
+    the second (the IP is allocated once), and serving both would make the PTR name one of them
+    at random."""
+    owner: dict[str, tuple] = {}
+    lines = []
+    for key, svc in cluster.services.items():          # file order: the first one keeps it
+        for ip in svc.addresses:
+            first = owner.setdefault(ip, key)
+            if first != key:
+                lines.append(f"{where_of.get(key)}: Service/{key[0]}/{key[1]}: field spec.clusterIP: "
+                             f"{ip} is already the clusterIP of Service/{first[0]}/{first[1]} "
+                             f"({where_of.get(first)}); every Service needs its own")
+    return lines
+
+
 def _parse_file(path: Path) -> tuple[list, list[str], dict[str, int]]:
     """One file: its (where, object) pairs, its problems, the kinds it skipped (picklable, for
     the worker processes of _parse_files)."""
     problems: list[str] = []
     skipped: dict[str, int] = {}
-    return list(_file_objects(path, problems, skipped)), problems, skipped
+    try:
+        return list(_file_objects(path, problems, skipped)), problems, skipped
+    except RecursionError:               # whichever decoder or walk met it: a problem, not a crash
+        return [], problems + [f"{path}: does not parse: nested too deeply"], skipped
+    except ValueError as exc:            # a decoder's own error type, not one listed above
+        return [], problems + [f"{path}: does not parse: {_short(' '.join(str(exc).split()))}"], skipped
+
+
+def _short(text: str, limit: int = 200) -> str:
+    """A quoted value or decoder message cut to a prefix: one line, never the whole input."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _parse_files(paths: list[Path], stamps: dict) -> list[tuple[list, list[str], dict[str, int]]]:
@@ -372,6 +518,10 @@ class Watcher:
         self.sink = sink
         self.interval = interval
         self._stop = threading.Event()
+        self._wake = threading.Event()       # stop() or trigger(): end the wait between polls
+        self._forced = False
+        self._thread: threading.Thread | None = None
+        self._died: str | None = None
         self._seen = self._stamp()
         self._files: dict = {}
         # What the sink holds now (set by loaded()); without it the first reload is a reset.
@@ -390,21 +540,61 @@ class Watcher:
         return tuple((str(f), _stamp(f)) for f in files)
 
     def start(self) -> None:
-        threading.Thread(target=self._run, name="kdns-manifests", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="kdns-manifests", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+
+    def trigger(self) -> None:
+        """Re-read every file now, changed or not (SIGHUP): safe from a signal handler."""
+        self._forced = True
+        self._wake.set()
+
+    def failed(self) -> str | None:
+        """Why the manifests are no longer watched (for /ready), or None while they are."""
+        if self._died is not None:
+            return self._died
+        thread = self._thread
+        if thread is not None and not thread.is_alive() and not self._stop.is_set():
+            return "the manifest watcher stopped (see the log)"
+        return None
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.check()
+        try:
+            while not self._stop.is_set():
+                # --reload 0: no polling, but SIGHUP still re-reads
+                self._wake.wait(self.interval if self.interval > 0 else None)
+                self._wake.clear()
+                if self._stop.is_set():
+                    return
+                forced, self._forced = self._forced, False
+                try:
+                    self.check(force=forced)
+                except Exception:            # noqa: BLE001 - a bug in one reload: say so, keep watching
+                    log.exception("reloading the manifests failed; still serving the last good "
+                                  "data, and still watching")
+        except BaseException as exc:
+            self._died = f"the manifest watcher stopped: {type(exc).__name__}: {exc}"
+            log.critical("%s; no edit will be served from now on, /ready says 503", self._died)
+            raise
+        finally:
+            if not self._stop.is_set() and self._died is None:
+                self._died = "the manifest watcher stopped"
+                log.critical("%s; no edit will be served from now on, /ready says 503", self._died)
 
-    def check(self) -> None:
-        """One poll: reload if any file changed (the loop's step)."""
+    def check(self, force: bool = False) -> None:
+        """One poll: reload if any file changed, or every file with ``force`` (the loop's step)."""
         stamp = self._stamp()
-        if stamp == self._seen:
+        if stamp == self._seen and not force:
             return
         self._seen = stamp
+        if force:
+            # Forget what was read, but not what it held: a file unreadable now still keeps
+            # its objects from the last good read.
+            for path, (_, objs) in list(self._files.items()):
+                self._files[path] = (None, objs)
         try:
             cluster = load(self.paths, self.service_cidr, self._files)
         except ManifestError as exc:
