@@ -577,8 +577,8 @@ class Watcher:
                                   "data, and still watching")
         except BaseException as exc:
             self._died = f"the manifest watcher stopped: {type(exc).__name__}: {exc}"
-            log.critical("%s; no edit will be served from now on, /ready says 503", self._died)
-            raise
+            log.critical("%s; no edit will be served from now on, /ready says 503", self._died,
+                         exc_info=not isinstance(exc, SystemExit))
         finally:
             if not self._stop.is_set() and self._died is None:
                 self._died = "the manifest watcher stopped"
