@@ -136,7 +136,9 @@ def _cluster(args: argparse.Namespace) -> Cluster:
         except (ModuleNotFoundError, OSError):
             raise UsageError("no --manifests given and the embedded example cluster "
                              "(zones/cluster.yaml) is not installed") from None
-    return manifests.load(paths, str(net))
+    # The kubelet's own test vectors give several Services one clusterIP; environment
+    # variables have no PTR to make ambiguous, so `env` takes them as the kubelet does.
+    return manifests.load(paths, str(net), distinct_ips=False)
 
 
 def _list_cluster(args: argparse.Namespace) -> Cluster:

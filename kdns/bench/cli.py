@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kdns.bench import check, cluster as gen, dnsperf, report, servers, watch, workloads
+from kdns.bench import check, cluster as gen, dnsperf, fuzz, report, servers, watch, workloads
 from kdns.bench.servers import Running, Unavailable
 
 SERVERS = ("kdns", "dnsmasq-a", "dnsmasq-srv", "unbound", "knot", "ceiling")
@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "RSS, event->answer), 10 endpoints each; default --services; 0 skips")
     p.add_argument("--watch-events", type=int, default=100, metavar="N",
                    help="watch events timed from the fake API storing them to kdns answering (default 100)")
+    p.add_argument("--fuzz", type=int, default=200_000, metavar="N",
+                   help="mutated UDP datagrams for the fuzz report (in and out of zone, a canary "
+                        "query between windows; default 200000); 0 skips")
+    p.add_argument("--fuzz-only", action="store_true",
+                   help="run only the fuzz report (no dnsperf, no peers)")
     p.add_argument("--change-timeout", type=float, default=300.0,
                    help="longest wait for a manifest change to show in answers (seconds)")
     p.add_argument("--rounds", type=int, default=1,
@@ -77,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         args.watch_services = args.services
     if args.latency_duration is None:
         args.latency_duration = max(1.0, round(args.duration / 3, 1))
+    if args.fuzz_only:
+        return _fuzz_only(args)
     try:
         dnsperf.binary()
         model = gen.generate(args.services, args.endpoints, namespaces=args.namespaces, seed=args.seed)
@@ -95,6 +102,31 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kept {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fuzz_only(args) -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="kdns-bench-"))
+    try:
+        machine = report.machine()
+        result = _fuzz(args, tmp)
+        print(f"kdns.bench {machine['date']}: {machine['cpus']} CPUs ({machine['cpu']}), "
+              f"Linux {machine['kernel']}, Python {machine['python']}; load before run {machine['load']}")
+        print("\nkdns fuzz (mutated UDP datagrams, in and out of zone):")
+        print(fuzz.lines(result) if "error" not in result else f"  {result['error']}")
+        if args.json:
+            args.json.write_text(json.dumps({"machine": machine, "fuzz": result}, indent=2))
+        return 0 if result.get("alive") else 1
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fuzz(args, tmp: Path) -> dict:
+    _say(f"kdns fuzz: {args.fuzz:,} mutated datagrams")
+    try:
+        return fuzz.run(args.fuzz, tmp, seed=args.seed)
+    except (Unavailable, OSError) as exc:
+        return {"error": str(exc)}
 
 
 def _say(text: str) -> None:
@@ -169,6 +201,11 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
         api_source = _watch(args, tmp)
         print(f"\nkdns watch source (kdns serve --kubeconfig on tests/fakeapi.py, {args.watch_events} events):")
         print(report.watch_lines(api_source))
+    fuzzed = None
+    if args.fuzz > 0 and "kdns" in names:
+        fuzzed = _fuzz(args, tmp)
+        print("\nkdns fuzz (mutated UDP datagrams, in and out of zone):")
+        print(fuzz.lines(fuzzed) if "error" not in fuzzed else f"  {fuzzed['error']}")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
                                          "cluster": {"services": len(model.services),
@@ -176,7 +213,7 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
                                                      "namespaces": len(model.namespaces),
                                                      "records": len(records)},
                                          "results": rows, "ratios": ratio_items, "memory": memory,
-                                         "watch": api_source}, indent=2))
+                                         "watch": api_source, "fuzz": fuzzed}, indent=2))
     return 0
 
 

@@ -230,13 +230,15 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 
 
 def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
-         files: dict | None = None) -> Cluster:
+         files: dict | None = None, *, distinct_ips: bool = True) -> Cluster:
     """Parse manifests into a Cluster; raise ManifestError listing every problem.
 
     ``files`` (the Watcher's): path -> ((mtime, size), objects) of files that parsed cleanly;
     a file whose stamp is unchanged is not read again, and the dict is updated in place. A file
     in it that cannot be read now, or that holds no document any more (caught half-written, or
     emptied), keeps its objects from then, with a warning: data never vanishes without a word.
+    ``distinct_ips``: two Services with one clusterIP are a problem (as the API server's
+    allocator would have it).
     """
     cluster = Cluster()
     problems: list[str] = []
@@ -316,7 +318,8 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
             if isinstance(obj, objects.Service):
                 where_of.setdefault(key, where)
             seen_ns.add(obj.name if isinstance(obj, objects.Namespace) else obj.namespace)
-    problems.extend(_shared_cluster_ips(cluster, where_of))
+    if distinct_ips:
+        problems.extend(_shared_cluster_ips(cluster, where_of))
     for kind, count in sorted(skipped.items()):
         log.info("skipping %d %s object(s): kdns serves Services, EndpointSlices, Endpoints, "
                  "Namespaces and Pods", count, kind)
@@ -324,7 +327,7 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
         if reused and files is not None:
             # A clash with an object from a file not re-read: its lines lack the document
             # index; read everything again for messages that name it.
-            return load(paths, service_cidr, None)
+            return load(paths, service_cidr, None, distinct_ips=distinct_ips)
         raise ManifestError(problems)
     # A namespace exists when a Namespace object names it or any object lives in it.
     for ns in sorted(seen_ns - set(cluster.namespaces)):
