@@ -234,8 +234,10 @@ def serve(args) -> int:
         if watcher is not None:
             log.info("SIGHUP: re-reading the manifests")
             watcher.trigger()
-        else:
+        elif uses_api(args):
             log.info("SIGHUP: nothing to re-read (the API is watched, not read once)")
+        else:
+            log.info("SIGHUP while starting: the manifests are being read now")
 
     def on_usr1(_signum, _frame):
         log.info("SIGUSR1: serving snapshot %d (%d services), %d TCP connections",

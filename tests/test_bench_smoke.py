@@ -159,3 +159,17 @@ def test_ratios_pair_the_rounds():
     assert item["ratio"] == 200 / 150 and item["met"] is True
     line = report.ratio_lines([item])
     assert "kdns/dnsmasq-a 1.33 [rounds 1.30-1.80] (target >= 1.3: met)" in line
+
+
+def test_fuzz_report_runs_small_and_kdns_survives(tmp_path):
+    """The fuzz report at 3,000 datagrams: kdns keeps running and answering the canary, and
+    every reply is a DNS message carrying an ID that was asked."""
+    from kdns.bench import fuzz
+
+    r = fuzz.run(3000, tmp_path, seed=3, canary_every=500, services=50)
+    assert r["alive"]
+    assert r["canary_failed"] == 0 and r["canary_ok"] == 6
+    assert r["unparsable_replies"] == 0 and r["wrong_id"] == 0
+    assert r["replies"] + r["unanswered"] == 3000
+    assert {"FORMERR", "NOERROR"} <= set(r["rcodes"])
+    assert "canary answered 6/6" in fuzz.lines(r)
