@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kdns import names
-from kdns.snapshot import ENT, Node, Snapshot, endpoint_srv
+from kdns.snapshot import APEX_NS, ENT, SERIAL, Node, Snapshot, endpoint_srv
 
 # RR types and rcodes (RFC 1035, 2782, 3596, 6891) - named here so that nothing above wire.py
-# needs dnslib.
+# needs a DNS library.
 A, NS, CNAME, SOA, PTR, MX, TXT, AAAA, SRV, OPT = 1, 2, 5, 6, 12, 15, 16, 28, 33, 41
 IXFR, AXFR, ANY = 251, 252, 255
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, BADVERS = 0, 1, 2, 3, 4, 5, 16
@@ -35,6 +35,9 @@ class Response:
     forward: bool = False          # the name is outside every served zone
     chase: tuple[str, int] | None = None   # out-of-zone CNAME target to resolve upstream
     fallthrough: bool = False      # reverse-zone NXDOMAIN an upstream may know (kubeadm fallthrough)
+    # What the answer was read from, as snapshot.Store names changes (see snapshot.Dep): the
+    # packet cache keeps it exactly as long as none of these changes.
+    deps: list = field(default_factory=list)
 
 
 def answer(snap: Snapshot, qname: str, qtype: int) -> Response:
@@ -66,9 +69,9 @@ def _answer_into(snap: Snapshot, resp: Response, qname: str, qtype: int, zone: s
     domain = snap.config.domain
     before = len(resp.answer)                   # a chased CNAME may already stand in front
     if zone == domain:
-        node = _cluster_node(snap, labels)
+        node = _cluster_node(snap, labels, resp.deps)
     else:
-        node = _reverse_node(snap, zone, labels)
+        node = _reverse_node(snap, zone, labels, resp.deps)
         if node is not None and node is not ENT:
             if qtype == PTR:    # PTR data uses the configured zone, not the query's spelling
                 resp.answer.extend((qname, PTR, ttl, f"{t}.{domain}.") for t in node.addrs)
@@ -85,9 +88,11 @@ def _answer_into(snap: Snapshot, resp: Response, qname: str, qtype: int, zone: s
 
     if not labels:                              # the apex
         if qtype == SOA:
+            resp.deps.append(SERIAL)
             resp.answer.append(_soa(snap, spelled))
             return
         if qtype == NS:
+            resp.deps.append(APEX_NS)
             suffix = spelled if zone == domain else domain
             for target, glue in snap.ns_records:
                 owner = f"{target}.{suffix}."
@@ -129,7 +134,7 @@ def _cname(snap: Snapshot, resp: Response, qname: str, qtype: int, target: str, 
     _answer_into(snap, resp, target + ".", qtype, zone, zone, labels, chain)
 
 
-def _cluster_node(snap: Snapshot, labels: list[str]) -> Node | None:
+def _cluster_node(snap: Snapshot, labels: list[str], deps: list) -> Node | None:
     n = len(labels)
     if n == 0:
         return ENT
@@ -138,11 +143,12 @@ def _cluster_node(snap: Snapshot, labels: list[str]) -> Node | None:
         # svc.<zone> and pod.<zone> always exist; <ns>.svc|pod.<zone> iff the namespace does.
         if n == 1:
             return ENT
+        deps.append(labels[-2])                 # the namespace's existence
         if labels[-2] not in snap.namespaces:
             return None
         if n == 2:
             return ENT
-        return _service_node(snap, labels) if top == "svc" else _pod_node(snap, labels)
+        return _service_node(snap, labels, deps) if top == "svc" else _pod_node(snap, labels, deps)
     if n == 1 and top == "dns-version":
         return ENT                              # TXT handled by the caller; other types NODATA (Q1)
     if top == "dns":
@@ -153,10 +159,12 @@ def _cluster_node(snap: Snapshot, labels: list[str]) -> Node | None:
     return None
 
 
-def _service_node(snap: Snapshot, labels: list[str]) -> Node | None:
+def _service_node(snap: Snapshot, labels: list[str], deps: list) -> Node | None:
     """<svc>.<ns>.svc, <ep>.<svc>.<ns>.svc and <port>.<proto>.<svc>.<ns>.svc."""
     n = len(labels)
-    rec = snap.services.get((labels[-2], labels[-3]))
+    key = (labels[-2], labels[-3])
+    deps.append(key)
+    rec = snap.services.get(key)
     if rec is None or rec.node is None:
         return None
     if n == 3:
@@ -170,24 +178,27 @@ def _service_node(snap: Snapshot, labels: list[str]) -> Node | None:
     return None
 
 
-def _pod_node(snap: Snapshot, labels: list[str]) -> Node | None:
+def _pod_node(snap: Snapshot, labels: list[str], deps: list) -> Node | None:
     """<a-b-c-d>.<ns>.pod per --pods (§3.7)."""
     if len(labels) != 3 or snap.config.pods == "disabled":
         return None
     ip = names.pod_ip(labels[0])
     if ip is None:
         return None
-    if snap.config.pods == "verified" and (labels[1], ip) not in snap.pods:
-        return None
+    if snap.config.pods == "verified":
+        deps.append((labels[1], ip))
+        if (labels[1], ip) not in snap.pods:
+            return None
     return Node(addrs=(ip,))
 
 
-def _reverse_node(snap: Snapshot, zone: str, labels: list[str]) -> Node | None:
+def _reverse_node(snap: Snapshot, zone: str, labels: list[str], deps: list) -> Node | None:
     if not labels:
         return ENT
     ip = names.reverse_ip(zone, labels)
     if ip is None:
         return None
+    deps.append(ip)
     targets = snap.ptr.get(ip)                  # one target, or a tuple of them (snapshot.Store)
     if not targets:
         return None

@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--udp-batch", type=int, default=64, metavar="N",
                    help="UDP datagrams per recvmmsg/sendmmsg call (default 64); 1 = one "
                         "recvfrom/sendto per query, the loop used where recvmmsg is missing")
+    s.add_argument("--loadbalance", action=argparse.BooleanOptionalAction, default=True,
+                   help="rotate A/AAAA answers of several records between queries, round robin, "
+                        "as CoreDNS's loadbalance (default on; --no-loadbalance: always in "
+                        "EndpointSlice order)")
     add_tcp_args(s)
     add_forward_args(s)
     s.add_argument("--reload", type=float, default=2.0, metavar="SECONDS",
@@ -142,7 +146,7 @@ def _config(args) -> Config:
                   endpoint_pod_names=args.endpoint_pod_names, publish_not_ready=args.publish_not_ready,
                   listen=listen, service_cidr=args.service_cidr, pod_ip=args.pod_ip,
                   ns_addresses=ns_addresses, cache_size=args.cache_size,
-                  udp_batch=args.udp_batch, tcp_idle_timeout=args.tcp_idle_timeout,
+                  udp_batch=args.udp_batch, loadbalance=args.loadbalance, tcp_idle_timeout=args.tcp_idle_timeout,
                   tcp_message_timeout=args.tcp_message_timeout,
                   tcp_max_connections=args.tcp_max_connections,
                   tcp_max_per_client=args.tcp_max_per_client)
@@ -271,7 +275,7 @@ def serve(args) -> int:
                         max_connections=config.tcp_max_connections,
                         max_per_client=config.tcp_max_per_client)
     server = Server(store.holder, config.listen, config.cache_size, batch=config.udp_batch,
-                    tcp_limits=limits)
+                    loadbalance=config.loadbalance, tcp_limits=limits)
     try:
         bound = server.bind()
     except ListenError as exc:

@@ -75,6 +75,9 @@ class Config:
     ns_addresses: tuple[str, ...] = field(default=())
     cache_size: int = 20000
     udp_batch: int = 64
+    # Rotate A/AAAA RRsets of several records between answers (kubeadm's Corefile has
+    # CoreDNS's loadbalance), so clients do not all pile onto the first address.
+    loadbalance: bool = True
     # TCP against slow clients (kdns.tcp): a whole message within tcp_message_timeout of its
     # first byte, a connection closed after tcp_idle_timeout with nothing in flight.
     tcp_idle_timeout: float = 10.0

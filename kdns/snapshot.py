@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping, NamedTuple
 
@@ -24,6 +24,14 @@ from kdns.objects import Cluster, EndpointSlice, Namespace, Pod, Service
 
 
 _GONE = object()
+
+# What an answer can depend on, as the Store names its changes (Holder.changes) and the answer
+# engine names what it read (Response.deps): a Service key (namespace, name); a namespace name
+# (its existence); an IP (its PTR targets); (namespace, pod IP) in --pods verified; and these
+# two: the apex NS set, and the SOA serial (new with every snapshot). They cannot collide:
+# namespace names are DNS labels, IPs hold '.' or ':', and these start with '@'.
+APEX_NS = "@ns"
+SERIAL = "@serial"
 
 
 class LayeredMap:
@@ -109,7 +117,7 @@ class Node(NamedTuple):
 ENT = Node()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=True)
 class ServiceRecords:
     """Every name one Service owns, relative to <svc>.<ns>.svc.<zone>."""
     node: Node | None                                   # the service name itself; None = NXDOMAIN
@@ -268,6 +276,8 @@ class Store:
         self._ptr_owners: dict[str, tuple] = {}
         self._changed_records: dict = {}
         self._changed_ptr: dict = {}
+        # The deps (see APEX_NS) whose data the next publish changes; None = everything.
+        self._deps: set | None = None
         self._pub_records = LayeredMap()
         self._pub_ptr = LayeredMap()
         self._synced = False
@@ -294,6 +304,7 @@ class Store:
             self._changed_records, self._changed_ptr = {}, {}
             self._synced = synced
             self._pods = self._ns = None
+            self._deps = None                   # a relist replaces everything
             self._publish()
 
     def apply(self, op: str, obj) -> None:
@@ -303,6 +314,8 @@ class Store:
 
     def set_synced(self, synced: bool) -> None:
         with self._lock:
+            if synced != self._synced:
+                self._deps = None               # every NXDOMAIN was a SERVFAIL, or the reverse
             self._synced = synced
             self._publish()
 
@@ -350,6 +363,8 @@ class Store:
             new = compile_service(svc, slices, self.config)
             self._records[key] = new
         self._changed_records[key] = new
+        if new != old and self._deps is not None:
+            self._deps.add(key)
         old_ips = set(old.ptr_ips) if old else set()
         new_ips = set(new.ptr_ips) if new else set()
         for ip in old_ips | new_ips:
@@ -380,7 +395,10 @@ class Store:
                 if pip == ip:
                     (cluster_ip if is_cluster else endpoint).append(target)
         targets = tuple(cluster_ip[:1] or dict.fromkeys(endpoint))
-        self._changed_ptr[ip] = (targets[0] if len(targets) == 1 else targets) or None
+        value = (targets[0] if len(targets) == 1 else targets) or None
+        self._changed_ptr[ip] = value
+        if self._deps is not None and value != self._pub_ptr.get(ip):
+            self._deps.add(ip)
 
     def _ns_records(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
         if self._own_ip:
@@ -402,7 +420,19 @@ class Store:
         if self._changed_ptr:
             self._pub_ptr = self._pub_ptr.with_changes(self._changed_ptr)
             self._changed_ptr = {}
-        self.holder.current = self._snapshot()
+        prev = self.holder.current
+        snap = self._snapshot()
+        deps = self._deps
+        if deps is not None:
+            deps.add(SERIAL)
+            deps.update(prev.namespaces.symmetric_difference(snap.namespaces))
+            if snap.pods is not prev.pods:
+                deps.update(prev.pods.symmetric_difference(snap.pods))
+            if snap.ns_records != prev.ns_records:
+                deps.add(APEX_NS)
+            deps = frozenset(deps)
+        self._deps = set()
+        self.holder.publish(snap, prev.version, deps)
 
     def _snapshot(self) -> Snapshot:
         prev = getattr(self, "holder", None)
@@ -412,15 +442,46 @@ class Store:
                 if self.config.pods == "verified" else frozenset()
         if self._ns is None:
             self._ns = self._ns_records()
+        namespaces = frozenset(self.cluster.namespaces)
+        if prev is not None and namespaces == prev.current.namespaces:
+            namespaces = prev.current.namespaces       # one frozenset while nothing changes
         return Snapshot(version, self._synced, self.config, self.config.zones, self._pub_records,
-                        frozenset(self.cluster.namespaces), self._pub_ptr, self._pods, self._ns)
+                        namespaces, self._pub_ptr, self._pods, self._ns)
 
 
 class Holder:
-    """The one place a Snapshot is published; assignment is atomic under the GIL."""
+    """The one place a Snapshot is published; assignment is atomic under the GIL.
+
+    It also keeps a short log of what each publish changed (the deps, see APEX_NS), so that a
+    cache of answers can drop exactly the answers read from changed data, however many
+    snapshots it saw go by at once."""
+
+    LOG = 4096              # publishes remembered; a reader further behind drops everything
 
     def __init__(self, snapshot: Snapshot):
         self.current = snapshot
+        self._log: deque = deque(maxlen=self.LOG)    # (version, previous version, deps | None)
+
+    def publish(self, snapshot: Snapshot, previous: int, deps: frozenset | None) -> None:
+        # The log first: a reader that sees the new snapshot must find what it changed.
+        self._log.append((snapshot.version, previous, deps))
+        self.current = snapshot
+
+    def changes(self, since: int, upto: int) -> set | None:
+        """The deps changed by every publish after version ``since`` up to ``upto``, or None
+        when that cannot be told (a full reset among them, or the log no longer reaches back)."""
+        out: set = set()
+        expect = since
+        for version, previous, deps in list(self._log):    # a copy: the writer may append
+            if version <= since:
+                continue
+            if version > upto:
+                break
+            if previous != expect or deps is None:
+                return None
+            out |= deps
+            expect = version
+        return out if expect == upto else None
 
 
 def build(cluster: Cluster, config: Config, synced: bool = True) -> Snapshot:
