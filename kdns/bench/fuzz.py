@@ -144,7 +144,8 @@ def run(datagrams: int, tmp: Path, *, seed: int = 1, window: int = 128, canary_e
     canary_svc = next(s for s in model.services if not s.headless)
     canary = (canary_svc.fqdn, "A")
     port = servers.free_port()
-    spec = servers.kdns(d, port, canary, None, name="kdns-fuzz")
+    spec = servers.kdns(d, port, canary, None, name="kdns-fuzz",
+                        extra=["--lameduck", "0"] if servers.kdns_accepts("--lameduck") else None)
     pool = seeds(model, rng)
     out: dict = {"datagrams": datagrams, "services": services, "window": window}
     with Running(spec, tmp) as kdns:
@@ -155,7 +156,7 @@ def run(datagrams: int, tmp: Path, *, seed: int = 1, window: int = 128, canary_e
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         sock.connect(("127.0.0.1", port))
         rcodes: dict[str, int] = {}
-        replies = unparsable = wrong_id = 0
+        replies = unparsable = wrong_id = droppable = 0
         canary_ok = canary_failed = 0
         started = time.monotonic()
         sent = 0
@@ -163,6 +164,8 @@ def run(datagrams: int, tmp: Path, *, seed: int = 1, window: int = 128, canary_e
         while sent < datagrams:
             batch = [mutate(rng.choice(pool), rng) for _ in range(min(window, datagrams - sent))]
             for pkt in batch:
+                if len(pkt) < 12 or pkt[2] & 0x80:
+                    droppable += 1           # a runt or a response (QR set): never answered
                 if len(pkt) >= 2:
                     qid = struct.unpack("!H", pkt[:2])[0]
                     ids[qid] = ids.get(qid, 0) + 1
@@ -221,7 +224,7 @@ def run(datagrams: int, tmp: Path, *, seed: int = 1, window: int = 128, canary_e
         out["rss_after_mb"] = kdns.rss_kb() / 1024
         log = kdns.log_path.read_bytes()[len(log_before):]
         out["alive"] = kdns.proc.poll() is None
-    out.update(replies=replies, unanswered=unanswered, rcodes=dict(sorted(rcodes.items(), key=lambda kv: -kv[1])),
+    out.update(replies=replies, unanswered=unanswered, runts_and_responses=droppable, rcodes=dict(sorted(rcodes.items(), key=lambda kv: -kv[1])),
                unparsable_replies=unparsable, wrong_id=wrong_id, canary_ok=canary_ok,
                canary_failed=canary_failed, log_lines=log.count(b"\n"), log_bytes=len(log),
                tracebacks=log.count(b"Traceback"))
@@ -234,7 +237,8 @@ def lines(r: dict) -> str:
         f"  {r['datagrams']:,} mutated datagrams in {r['seconds']:.1f} s "
         f"({r['datagrams'] / r['seconds']:,.0f}/s, windows of {r['window']}), "
         f"{r['services']:,} services",
-        f"  replies {r['replies']:,} ({rc}); no reply {r['unanswered']:,}; "
+        f"  replies {r['replies']:,} ({rc}); no reply {r['unanswered']:,} "
+        f"(runts or QR set, dropped by design: {r['runts_and_responses']:,}); "
         f"unparsable replies {r['unparsable_replies']}; reply IDs not asked {r['wrong_id']}",
         f"  log: {r['log_lines']:,} lines, {r['log_bytes']:,} bytes, {r['tracebacks']} tracebacks",
         f"  RSS {r['rss_before_mb']:.1f} MB before, {r['rss_after_mb']:.1f} MB after; "
