@@ -444,7 +444,11 @@ class ClusterSource:
         /ready), never a silent stop of that kind's updates."""
         try:
             reflector.run()
-        finally:
+        except BaseException as exc:          # noqa: BLE001 - the thread ends here either way
+            log.critical("the watch of %s stopped: %s: %s; its changes are no longer served, "
+                         "/ready says 503", reflector.kind.resource, type(exc).__name__, exc,
+                         exc_info=not isinstance(exc, SystemExit))
+        else:
             if not self._stop.is_set():
                 log.critical("the watch of %s stopped; its changes are no longer served, /ready "
                              "says 503", reflector.kind.resource)
