@@ -271,3 +271,30 @@ def test_a_fifo_or_broken_symlink_in_a_directory_is_named(shop):
     assert f"kdns: {shop / 'pipe.yaml'}: not a regular file (a FIFO)" in r.stderr
     assert f"kdns: {shop / 'link.yaml'}: broken symlink (to {shop / 'gone.yaml'})" in r.stderr
     assert shutil.which("setpriv") or os.geteuid() != 0     # the unreadable tests need it
+
+
+def test_a_file_written_while_it_is_read_is_read_again(tmp_path):
+    # A big file takes a while to parse; it is rewritten (one more Service) while load() reads
+    # it. Whenever the write lands, load() must return what the file holds once it returns,
+    # never the version it began with (the stamp taken before reading has moved on).
+    import threading
+
+    from kdns.sources import manifests
+
+    f = tmp_path / "big.yaml"
+    docs = [service(f"s{i}", f"10.96.{i // 250}.{i % 250 + 1}") for i in range(3000)]
+    f.write_text("---\n".join(docs))
+    grown = "---\n".join(docs + [service("late", "10.97.0.1")])
+    start = threading.Event()
+
+    def rewrite():
+        start.wait()
+        threading.Event().wait(0.05)
+        write(f, grown)
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    start.set()
+    cluster = manifests.load([f])
+    writer.join()
+    assert ("shop", "late") in cluster.services
