@@ -70,7 +70,7 @@ class PacketCache:
             if len(self.entries) >= self.size:
                 for old in list(itertools.islice(self.entries, max(1, len(self.entries) // 4))):
                     self._drop(old)
-            deps = tuple(dict.fromkeys(deps))
+            deps = tuple(deps)          # a dep named twice is dropped twice: harmless
             self.entries[key] = [tail, cell, deps,
                                  None if rotation is None else [0, *rotation]]
             by_dep = self._by_dep

@@ -264,6 +264,18 @@ class _Writer:
         struct.pack_into("!H", out, at + 8, len(out) - start)
 
 
+_ADDRESS_HEADS: dict[tuple[int, int], bytes] = {}    # (type, ttl) -> owner pointer + RR header
+
+
+def _address_head(rtype: int, ttl: int) -> bytes:
+    head = _ADDRESS_HEADS.get((rtype, ttl))
+    if head is None:
+        if len(_ADDRESS_HEADS) >= _MEMO_MAX:
+            _ADDRESS_HEADS.clear()
+        head = _ADDRESS_HEADS[(rtype, ttl)] = _QUESTION + _RR.pack(rtype, 1, ttl, 4 if rtype == ans.A else 16)
+    return head
+
+
 def encode(query: Query, resp: ans.Response, limit: int) -> bytes:
     """Pack ``resp`` for ``query`` within ``limit`` bytes, keeping the longest prefix of whole
     RRs (answer, authority, additional) that fits; TC=1 when any RR was left out (§8)."""
@@ -272,13 +284,22 @@ def encode(query: Query, resp: ans.Response, limit: int) -> bytes:
     out += query.question
     opt = _opt(rcode, query.do) if query.edns else b""
     budget = limit - len(opt)
-    writer = _Writer(out, query)
+    writer = None
+    qname = query.qname
     counts = [0, 0, 0]
     tc = 0
     for i, section in enumerate((resp.answer, resp.authority, resp.additional)):
         for item in section:
             mark = len(out)
-            writer.rr(item)
+            rtype = item[1]
+            if item[0] == qname and (rtype == ans.A or rtype == ans.AAAA):
+                # The common answer: an address owned by the question, no table needed.
+                out += _address_head(rtype, item[2])
+                out += socket.inet_pton(socket.AF_INET if rtype == ans.A else socket.AF_INET6, item[3])
+            else:
+                if writer is None:
+                    writer = _Writer(out, query)
+                writer.rr(item)
             if len(out) > budget:
                 # Every later name could point into what is cut: stop here (a prefix of RRs).
                 del out[mark:]
