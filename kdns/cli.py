@@ -15,7 +15,7 @@ from kdns import __version__, envcli
 from kdns.config import (Config, ConfigError, add_source_args, format_hostport, normalize_zone,
                          parse_hostport, uses_api)
 from kdns.forward import ForwardConfigError
-from kdns.sources import manifests
+from kdns.sources import manifests, reload
 
 log = logging.getLogger("kdns")
 
@@ -152,10 +152,10 @@ def _config(args) -> Config:
                   tcp_max_per_client=args.tcp_max_per_client)
 
 
-def _load_manifests(paths, service_cidr, sink, reload):
+def _load_manifests(paths, service_cidr, sink, interval):
     """The manifests, and the Watcher that reloads them (on SIGHUP only, with --reload 0)."""
     try:
-        return manifests.Watcher.loaded(paths, service_cidr, sink, reload)
+        return reload.Watcher.loaded(paths, service_cidr, sink, interval)
     except manifests.ManifestError as exc:
         for line in exc.problems:
             print(f"kdns: {line}", file=sys.stderr)

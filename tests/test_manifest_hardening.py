@@ -110,7 +110,7 @@ def test_a_watcher_that_dies_turns_ready_to_503_and_says_so(shop, caplog):
     from kdns import http
     from kdns.config import Config
     from kdns.snapshot import Store
-    from kdns.sources import manifests
+    from kdns.sources import reload
     from prometheus_client import CollectorRegistry
 
     class DyingSink:
@@ -126,7 +126,7 @@ def test_a_watcher_that_dies_turns_ready_to_503_and_says_so(shop, caplog):
             raise SystemExit("the sink went away")
 
     sink = DyingSink()
-    watcher, cluster = manifests.Watcher.loaded([shop], "10.96.0.0/12", sink, 0.05)
+    watcher, cluster = reload.Watcher.loaded([shop], "10.96.0.0/12", sink, 0.05)
     sink.store.reset(cluster, True)
     status = http.Status(lambda: sink.store.holder.current, None, watcher.failed)
     web = http.HTTP(("127.0.0.1", 0), status, CollectorRegistry())

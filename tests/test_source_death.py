@@ -10,7 +10,7 @@ import types
 from conftest import wait_for
 from fakeapi import service
 from kdns import http
-from test_cluster_source import WAIT, RecordingSink, run, seed  # noqa: F401 (the fixture)
+from test_cluster_source import WAIT, RecordingSink, run, seed  # noqa: F401,F811 (the fixture)
 
 
 class DyingSink(RecordingSink):

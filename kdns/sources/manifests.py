@@ -16,10 +16,8 @@ import json
 import logging
 import os
 import pickle
-import stat
 import subprocess
 import sys
-import threading
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -29,10 +27,10 @@ import yaml
 
 from kdns import objects
 from kdns.objects import Cluster, FieldError
+from kdns.sources.files import SUFFIXES, Unreadable, files_of, stamp as _stamp  # noqa: F401
 
 log = logging.getLogger("kdns.manifests")
 
-SUFFIXES = (".yaml", ".yml", ".json")
 # libyaml's loader parses a 10,000-service dump about ten times faster than the pure-Python one.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 ALWAYS_NAMESPACES = ("default", "kube-system", "kube-public")
@@ -54,89 +52,6 @@ def default_paths() -> list[Path]:
     if checkout.is_file():
         return [checkout]
     return [Path(str(resources.files("kdns.zones").joinpath("cluster.yaml")))]
-
-
-class Unreadable(str):
-    """A problem line about a file or directory that could not be read, as opposed to one whose
-    content is wrong: on a reload, what it held at the last good read is kept (and logged)."""
-
-    path: str
-
-    def __new__(cls, path, text: str):
-        line = super().__new__(cls, text)
-        line.path = str(path)
-        return line
-
-    def __reduce__(self):                 # pickled back from the parsing worker processes
-        return (Unreadable, (self.path, str(self)))
-
-
-def files_of(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[str]]:
-    """The manifest files under ``paths``, and a line for each path that cannot be used. A
-    directory or file kdns cannot read is a problem (Unreadable), never silently skipped: its
-    Services would go NXDOMAIN without a word."""
-    out: list[Path] = []
-    problems: list[str] = []
-    for raw in paths:
-        path = Path(raw)
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            if os.path.islink(path):
-                problems.append(Unreadable(path, f"{path}: broken symlink (to {os.readlink(path)})"))
-            else:
-                problems.append(f"{path}: no such file or directory")
-            continue
-        except OSError as exc:
-            problems.append(Unreadable(path, f"{path}: cannot read: {exc.strerror or exc}"))
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            out.extend(_walk(path, problems))
-        elif stat.S_ISREG(st.st_mode):
-            out.append(path)
-        else:
-            problems.append(f"{path}: not a regular file ({_file_type(st.st_mode)}); give a manifest "
-                            f"file or a directory of them")
-    return out, problems
-
-
-def _walk(top: Path, problems: list[str]) -> list[Path]:
-    found: list[Path] = []
-
-    def unreadable(exc: OSError) -> None:
-        where = exc.filename or top
-        problems.append(Unreadable(where, f"{where}: cannot read directory: {exc.strerror or exc}"))
-
-    for root, dirs, names in os.walk(top, onerror=unreadable):
-        dirs.sort()
-        for name in names:
-            if not name.endswith(SUFFIXES):
-                continue
-            full = Path(root, name)
-            try:
-                st = os.stat(full)
-            except FileNotFoundError:
-                if os.path.islink(full):
-                    problems.append(Unreadable(full, f"{full}: broken symlink (to {os.readlink(full)})"))
-                continue                  # gone since the directory was listed
-            except OSError as exc:
-                problems.append(Unreadable(full, f"{full}: cannot read: {exc.strerror or exc}"))
-                continue
-            if stat.S_ISREG(st.st_mode):
-                found.append(full)
-            elif not stat.S_ISDIR(st.st_mode):
-                problems.append(f"{full}: not a regular file ({_file_type(st.st_mode)})")
-    return sorted(found)
-
-
-def _file_type(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a file"
 
 
 def _documents(path: Path) -> Iterator[tuple[int, Any]]:
@@ -429,14 +344,6 @@ def _worker() -> None:
     sys.stdout.buffer.flush()
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
-
-
 def _file_objects(path: Path, problems: list[str], skipped: dict[str, int]) -> Iterator[tuple[Any, Any]]:
     """(where, object) for every object kdns serves in one file; problems named as load's."""
     for where, doc in _file_documents(path, problems):
@@ -501,131 +408,3 @@ def allocate_cluster_ips(cluster: Cluster, cidr: str) -> None:
         svc = cluster.services[key]
         cluster.services[key] = replace(svc, cluster_ip=ip, cluster_ips=(ip,), allocated=True)
         log.info("allocated clusterIP %s to Service %s/%s (no clusterIP in its manifest)", ip, *key)
-
-
-class Watcher:
-    """Reload the manifests when a file changes; a bad reload keeps the last good data.
-
-    Polls (path, mtime, size) of every file: cheap, and needs no inotify in a container. Only
-    the files that changed are read again (the others' objects are kept from the last load),
-    and only the objects that changed go to the sink, as watch events: at 10,000 Services a
-    one-file edit is a fraction of a second instead of a full re-read and recompile.
-    """
-
-    # Past this many changed objects, one reset (a full recompile) beats event by event.
-    RESET_ABOVE = 2000
-
-    def __init__(self, paths: list, service_cidr: str, sink, interval: float = 2.0):
-        self.paths = paths
-        self.service_cidr = service_cidr
-        self.sink = sink
-        self.interval = interval
-        self._stop = threading.Event()
-        self._wake = threading.Event()       # stop() or trigger(): end the wait between polls
-        self._forced = False
-        self._thread: threading.Thread | None = None
-        self._died: str | None = None
-        self._seen = self._stamp()
-        self._files: dict = {}
-        # What the sink holds now (set by loaded()); without it the first reload is a reset.
-        self._cluster: Cluster | None = None
-
-    @classmethod
-    def loaded(cls, paths: list, service_cidr: str, sink, interval: float = 2.0) -> tuple["Watcher", Cluster]:
-        """Load the manifests (ManifestError on problems) and a Watcher that knows them."""
-        watcher = cls(paths, service_cidr, sink, interval)
-        cluster = load(paths, service_cidr, watcher._files)
-        watcher._cluster = cluster
-        return watcher, cluster
-
-    def _stamp(self) -> tuple:
-        files, _ = files_of(self.paths)
-        return tuple((str(f), _stamp(f)) for f in files)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="kdns-manifests", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-
-    def trigger(self) -> None:
-        """Re-read every file now, changed or not (SIGHUP): safe from a signal handler."""
-        self._forced = True
-        self._wake.set()
-
-    def failed(self) -> str | None:
-        """Why the manifests are no longer watched (for /ready), or None while they are."""
-        if self._died is not None:
-            return self._died
-        thread = self._thread
-        if thread is not None and not thread.is_alive() and not self._stop.is_set():
-            return "the manifest watcher stopped (see the log)"
-        return None
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                # --reload 0: no polling, but SIGHUP still re-reads
-                self._wake.wait(self.interval if self.interval > 0 else None)
-                self._wake.clear()
-                if self._stop.is_set():
-                    return
-                forced, self._forced = self._forced, False
-                try:
-                    self.check(force=forced)
-                except Exception:            # noqa: BLE001 - a bug in one reload: say so, keep watching
-                    log.exception("reloading the manifests failed; still serving the last good "
-                                  "data, and still watching")
-        except BaseException as exc:
-            self._died = f"the manifest watcher stopped: {type(exc).__name__}: {exc}"
-            log.critical("%s; no edit will be served from now on, /ready says 503", self._died,
-                         exc_info=not isinstance(exc, SystemExit))
-        finally:
-            if not self._stop.is_set() and self._died is None:
-                self._died = "the manifest watcher stopped"
-                log.critical("%s; no edit will be served from now on, /ready says 503", self._died)
-
-    def check(self, force: bool = False) -> None:
-        """One poll: reload if any file changed, or every file with ``force`` (the loop's step)."""
-        stamp = self._stamp()
-        if stamp == self._seen and not force:
-            return
-        self._seen = stamp
-        if force:
-            # Forget what was read, but not what it held: a file unreadable now still keeps
-            # its objects from the last good read.
-            for path, (_, objs) in list(self._files.items()):
-                self._files[path] = (None, objs)
-        try:
-            cluster = load(self.paths, self.service_cidr, self._files)
-        except ManifestError as exc:
-            for line in exc.problems:
-                log.error("%s", line)
-            log.error("reload failed: still serving the last good manifests")
-            return
-        changes = diff(self._cluster, cluster) if self._cluster is not None else None
-        if changes is None or len(changes) > self.RESET_ABOVE:
-            self.sink.reset(cluster, True)
-        else:
-            for op, obj in changes:
-                self.sink.apply(op, obj)
-        self._cluster = cluster
-        log.info("reloaded manifests: %d services, %d endpoint slices (%s)", len(cluster.services),
-                 len(cluster.slices), "all" if changes is None else f"{len(changes)} changed")
-
-
-def diff(old: Cluster, new: Cluster) -> list[tuple[str, Any]]:
-    """The watch events that turn ``old`` into ``new``: namespaces first, deletions last."""
-    added, deleted = [], []
-    for table in ("namespaces", "services", "slices", "pods"):
-        before, after = getattr(old, table), getattr(new, table)
-        for key, obj in after.items():
-            was = before.get(key)
-            if was is None:
-                added.append(("ADDED", obj))
-            elif was is not obj and was != obj:
-                added.append(("MODIFIED", obj))
-        deleted.extend(("DELETED", obj) for key, obj in before.items() if key not in after)
-    return added + deleted
