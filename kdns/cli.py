@@ -344,6 +344,9 @@ def _start_http(args, server, holder, waiting_for=None, failed=None):
         return status, None
     metrics.register(metrics.QueryCollector(server.stats, lambda: holder.current, status.ready,
                                             server.cache_entries))
+    metrics.register(metrics.TCPCollector(
+        lambda: server.tcp.connections() if server.tcp is not None else 0,
+        lambda: dict(server.tcp.closed_by_limit) if server.tcp is not None else {}))
     web = http.HTTP(args.http, status, metrics.REGISTRY)
     try:
         host, port = web.start()

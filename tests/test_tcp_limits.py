@@ -238,3 +238,33 @@ def test_limits_are_checked_at_start():
     r = run_serve("--tcp-message-timeout", "0")
     assert r.returncode == 2
     assert "--tcp-message-timeout 0: must be more than 0" in r.stderr
+
+
+def test_connections_closed_by_a_limit_are_counted_in_metrics():
+    import re
+    import urllib.request
+
+    from conftest import wait_for
+
+    server = kdns("--tcp-max-connections", "10", "--tcp-max-per-client", "1",
+                  "--tcp-message-timeout", "60", "--http", "127.0.0.1:0")
+    try:
+        assert wait_for(lambda: re.search(r"http on 127\.0\.0\.1:(\d+)", server.log()))
+        port = int(re.search(r"http on 127\.0\.0\.1:(\d+)", server.log()).group(1))
+        hog = connect(server, "127.0.0.2")
+        hog.sendall(framed(query_bytes())[:5])           # a message in progress: not idle
+        time.sleep(0.3)
+        refused = connect(server, "127.0.0.2")
+        assert closed_by_server(refused)
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                return resp.read().decode()
+
+        body = scrape()
+        assert 'kdns_tcp_closed_by_limit_total{limit="max_per_client"} 1.0' in body
+        assert "kdns_tcp_connections 1.0" in body
+        hog.close()
+        refused.close()
+    finally:
+        server.stop()
