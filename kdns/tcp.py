@@ -36,6 +36,7 @@ log = logging.getLogger("kdns.tcp")
 MAX_MESSAGE = 65535
 WORKERS = 8
 _NEVER = float("inf")
+_LISTENER, _WAKE = "listener", "wake"       # selector data of the sockets that are not connections
 _WARN_EVERY = 60.0               # seconds between two log lines of one kind about hostile clients
 
 
@@ -93,8 +94,8 @@ class TCPServer:
     def start(self) -> None:
         for sock in self._listeners:
             sock.setblocking(False)
-            self._sel.register(sock, selectors.EVENT_READ, None)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+            self._sel.register(sock, selectors.EVENT_READ, _LISTENER)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
         self._thread = threading.Thread(target=self._run, name="kdns-tcp", daemon=True)
         self._thread.start()
 
@@ -121,17 +122,16 @@ class TCPServer:
                 due = self._next_sweep
                 timeout = None if due == _NEVER else max(0.0, due - time.monotonic())
                 for key, mask in self._sel.select(timeout):
-                    sock = key.fileobj
-                    if sock is self._wake_r:
+                    conn = key.data
+                    if conn is _WAKE:
                         self._drain_wake()
-                    elif sock in self._conns:
-                        conn = self._conns[sock]
+                    elif conn is _LISTENER:
+                        self._accept(key.fileobj)
+                    elif not conn.closed:         # closed earlier in this batch: skip its event
                         if mask & selectors.EVENT_WRITE:
                             self._write(conn)
                         if mask & selectors.EVENT_READ and not conn.closed:
                             self._read(conn)
-                    else:
-                        self._accept(sock)
                 while self._done:
                     conn, answer = self._done.popleft()
                     self._answered(conn, answer)
@@ -142,7 +142,8 @@ class TCPServer:
                     # every connection, and a new message's clock may start at any event.
                     self._next_sweep = min(soonest, now + self._granularity) if self._conns else _NEVER
         except Exception:                 # noqa: BLE001 - say so loudly; TCP is down from here
-            log.exception("the TCP transport stopped")
+            if not self._stopping:
+                log.exception("the TCP transport stopped")
         finally:
             for conn in list(self._conns.values()):
                 self._close(conn)
@@ -183,6 +184,8 @@ class TCPServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:              # EMFILE and friends: say so, keep serving
+                if self._stopping:
+                    return                      # the listener was closed under us
                 self._warn("accept", "cannot accept a TCP connection: %s", exc.strerror or exc)
                 return
             client = addr[0]
@@ -310,11 +313,11 @@ class TCPServer:
         if conn.closed or events == conn.events:
             return
         if conn.events == 0:
-            self._sel.register(conn.sock, events, None)
+            self._sel.register(conn.sock, events, conn)
         elif events == 0:
             self._sel.unregister(conn.sock)
         else:
-            self._sel.modify(conn.sock, events, None)
+            self._sel.modify(conn.sock, events, conn)
         conn.events = events
 
     def _close(self, conn: _Conn) -> None:
