@@ -173,3 +173,12 @@ def test_fuzz_report_runs_small_and_kdns_survives(tmp_path):
     assert r["replies"] + r["unanswered"] == 3000
     assert {"FORMERR", "NOERROR"} <= set(r["rcodes"])
     assert "canary answered 6/6" in fuzz.lines(r)
+
+
+def test_slowloris_report_runs_small(tmp_path):
+    from kdns.bench import slowloris
+
+    r = slowloris.run(10, tmp_path, seconds=1.5)
+    assert r["alive"] and r["opened"] == 10
+    assert r["client_ok"] >= 1 and r["client_failed"] == 0
+    assert "dripping connections" in slowloris.lines(r)

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kdns.bench import check, cluster as gen, dnsperf, fuzz, report, servers, watch, workloads
+from kdns.bench import check, cluster as gen, dnsperf, fuzz, report, servers, slowloris, watch, workloads
 from kdns.bench.servers import Running, Unavailable
 
 SERVERS = ("kdns", "dnsmasq-a", "dnsmasq-srv", "unbound", "knot", "ceiling")
@@ -60,8 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fuzz", type=int, default=200_000, metavar="N",
                    help="mutated UDP datagrams for the fuzz report (in and out of zone, a canary "
                         "query between windows; default 200000); 0 skips")
+    p.add_argument("--slowloris", type=int, default=260, metavar="N",
+                   help="dripping TCP connections for the slowloris report (default 260); 0 skips")
     p.add_argument("--fuzz-only", action="store_true",
-                   help="run only the fuzz report (no dnsperf, no peers)")
+                   help="run only the hostile-client reports, fuzz and slowloris (no dnsperf, no peers)")
     p.add_argument("--change-timeout", type=float, default=300.0,
                    help="longest wait for a manifest change to show in answers (seconds)")
     p.add_argument("--rounds", type=int, default=1,
@@ -113,12 +115,27 @@ def _fuzz_only(args) -> int:
               f"Linux {machine['kernel']}, Python {machine['python']}; load before run {machine['load']}")
         print("\nkdns fuzz (mutated UDP datagrams, in and out of zone):")
         print(fuzz.lines(result) if "error" not in result else f"  {result['error']}")
+        loris = _slowloris(args, tmp)
+        if loris is not None:
+            print("\nkdns slowloris (TCP):")
+            print(slowloris.lines(loris) if "error" not in loris else f"  {loris['error']}")
         if args.json:
-            args.json.write_text(json.dumps({"machine": machine, "fuzz": result}, indent=2))
-        return 0 if result.get("alive") else 1
+            args.json.write_text(json.dumps({"machine": machine, "fuzz": result, "slowloris": loris},
+                                            indent=2))
+        return 0 if result.get("alive") and (loris is None or loris.get("alive")) else 1
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _slowloris(args, tmp: Path) -> dict | None:
+    if args.slowloris <= 0:
+        return None
+    _say(f"kdns slowloris: {args.slowloris} dripping connections")
+    try:
+        return slowloris.run(args.slowloris, tmp, seed=args.seed)
+    except (Unavailable, OSError) as exc:
+        return {"error": str(exc)}
 
 
 def _fuzz(args, tmp: Path) -> dict:
@@ -206,6 +223,10 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
         fuzzed = _fuzz(args, tmp)
         print("\nkdns fuzz (mutated UDP datagrams, in and out of zone):")
         print(fuzz.lines(fuzzed) if "error" not in fuzzed else f"  {fuzzed['error']}")
+    loris = _slowloris(args, tmp) if "kdns" in names else None
+    if loris is not None:
+        print("\nkdns slowloris (TCP):")
+        print(slowloris.lines(loris) if "error" not in loris else f"  {loris['error']}")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
                                          "cluster": {"services": len(model.services),
@@ -213,7 +234,8 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
                                                      "namespaces": len(model.namespaces),
                                                      "records": len(records)},
                                          "results": rows, "ratios": ratio_items, "memory": memory,
-                                         "watch": api_source, "fuzz": fuzzed}, indent=2))
+                                         "watch": api_source, "fuzz": fuzzed,
+                                         "slowloris": loris}, indent=2))
     return 0
 
 
