@@ -23,22 +23,31 @@ class WireError(ValueError):
     """A message we cannot walk (truncated, bad label, pointer loop)."""
 
 
-def skip_name(msg: bytes, off: int) -> int:
-    """Offset just after the (possibly compressed) name at ``off``."""
+def skip_name(msg: bytes, off: int, before: int | None = None) -> int:
+    """Offset just after the (possibly compressed) name at ``off``. With ``before`` (the start
+    of the record it owns), strictly: its pointer may only reach back into the question or an
+    earlier record (never the header, never forward), and the name is at most 255 octets."""
     end = len(msg)
+    first = off
     while True:
         if off >= end:
             raise WireError("name runs past the end of the message")
         n = msg[off]
         if n == 0:
             return off + 1
-        if n & 0xC0 == 0xC0:
+        if n >= 0xC0:
             if off + 2 > end:
                 raise WireError("truncated compression pointer")
+            if before is not None:
+                target = ((n & 0x3F) << 8) | msg[off + 1]
+                if target < 12 or target >= before:
+                    raise WireError("compression pointer outside the earlier records")
             return off + 2
         if n & 0xC0:
-            raise WireError("bad label type")
+            raise WireError("label longer than 63 octets (a label type other than 00)")
         off += n + 1
+        if before is not None and off - first > MAX_NAME:
+            raise WireError("name longer than 255 octets")
 
 
 def read_name(msg: bytes, off: int) -> tuple[bytes, int]:
@@ -164,7 +173,7 @@ def parse_query(msg: bytes) -> Query:
         while n:
             if n > MAX_LABEL:
                 raise WireError("compression pointer in the question" if n >= 0xC0 else
-                                "label longer than 63 octets" if n < 0x40 else "bad label type")
+                                "label longer than 63 octets (a label type other than 00)")
             off += n + 1
             n = msg[off]
     except IndexError:
@@ -183,7 +192,7 @@ def parse_query(msg: bytes) -> Query:
     count = an + ns + ar
     for i in range(count):
         rstart = off
-        off = _skip_rr_name(msg, off, rstart)
+        off = skip_name(msg, off, rstart)
         if off + 10 > size:
             raise WireError("truncated resource record")
         rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(msg, off)
@@ -205,31 +214,6 @@ def parse_query(msg: bytes) -> Query:
         raise WireError("bytes after the last record")
     return Query(msg[0:2], flags, msg[12:question_end], msg[12:qend], qtype, qclass, edns,
                  udp_size, do, version, msg[2:] if key is None else key, tsig, key is not None)
-
-
-def _skip_rr_name(msg: bytes, off: int, rstart: int) -> int:
-    """Offset after a record's owner name, whose pointer may only reach back into the question
-    or an earlier record (never the header, never forward)."""
-    end = len(msg)
-    first = off
-    while True:
-        if off >= end:
-            raise WireError("name runs past the end of the message")
-        n = msg[off]
-        if n == 0:
-            return off + 1
-        if n >= 0xC0:
-            if off + 2 > end:
-                raise WireError("truncated compression pointer")
-            target = ((n & 0x3F) << 8) | msg[off + 1]
-            if target < 12 or target >= rstart:
-                raise WireError("compression pointer outside the earlier records")
-            return off + 2
-        if n > MAX_LABEL:
-            raise WireError("label longer than 63 octets" if n < 0x40 else "bad label type")
-        off += n + 1
-        if off - first > MAX_NAME:
-            raise WireError("name longer than 255 octets")
 
 
 def _options_without_cookie(msg: bytes, start: int, end: int) -> bytes | None:
