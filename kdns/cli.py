@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 
-from kdns import __version__, envcli
+from kdns import __version__, envcli, explaincli
 from kdns.config import (Config, ConfigError, add_source_args, format_hostport, normalize_zone,
                          parse_hostport, uses_api)
 from kdns.forward import ForwardConfigError
@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="poll manifests for changes this often; 0 disables (default 2)")
     add_ops_args(s)
     envcli.add_parser(sub)
+    explaincli.add_parser(sub)
     return parser
 
 
@@ -136,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
     if args.command == "env":
         return envcli.run(args)
+    if args.command == "explain":
+        return explaincli.run(args)
     return 2
 
 
@@ -152,10 +155,11 @@ def _config(args) -> Config:
                   tcp_max_per_client=args.tcp_max_per_client)
 
 
-def _load_manifests(paths, service_cidr, sink, interval):
+def _load_manifests(paths, service_cidr, sink, interval, derive=None):
     """The manifests, and the Watcher that reloads them (on SIGHUP only, with --reload 0)."""
+    derive = derive or manifests.workloads.Options()
     try:
-        return reload.Watcher.loaded(paths, service_cidr, sink, interval)
+        return reload.Watcher.loaded(paths, service_cidr, sink, interval, derive)
     except manifests.ManifestError as exc:
         for line in exc.problems:
             print(f"kdns: {line}", file=sys.stderr)
@@ -263,7 +267,12 @@ def serve(args) -> int:
             return 2
     else:
         paths = args.manifests or manifests.default_paths()
-        loaded = _load_manifests(paths, config.service_cidr, store, args.reload)
+        try:
+            derive = manifests.workloads.Options.from_args(args)
+        except ValueError as exc:
+            print(f"kdns: {exc}", file=sys.stderr)
+            return 2
+        loaded = _load_manifests(paths, config.service_cidr, store, args.reload, derive)
         if loaded is None:
             return 2
         watcher, cluster = loaded

@@ -125,6 +125,11 @@ def add_source_args(p: argparse.ArgumentParser, *, watch: bool = True) -> None:
                         "default: the embedded example cluster (zones/)")
     p.add_argument("--service-cidr", default="10.96.0.0/12", metavar="CIDR",
                    help="range for Services whose manifest has no clusterIP (default 10.96.0.0/12)")
+    p.add_argument("--pod-cidr", default="10.244.0.0/16", metavar="CIDR",
+                   help="addresses of the pods kdns derives from workloads in the manifests "
+                        "(default 10.244.0.0/16)")
+    p.add_argument("--nodes", type=_nodes, default=1, metavar="N",
+                   help="nodes a DaemonSet in the manifests runs on: one pod each (default 1)")
     api = p.add_argument_group("live cluster (instead of --manifests)")
     api.add_argument("--kubeconfig", metavar="PATH",
                      help="list and watch the API of this kubeconfig's cluster (default resolution: "
@@ -136,6 +141,12 @@ def add_source_args(p: argparse.ArgumentParser, *, watch: bool = True) -> None:
         api.add_argument("--api-timeout", type=float, default=90.0, metavar="SECONDS",
                          help="client read timeout on API requests, so a dead connection is noticed "
                               "(default 90; bookmarks keep healthy watches talking)")
+
+
+def _nodes(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 5000:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 1-5000 nodes")
+    return int(text)
 
 
 def uses_api(args) -> bool:

@@ -18,7 +18,7 @@ class DyingSink(RecordingSink):
         raise SystemExit("the serving side went away")
 
 
-def test_a_watch_thread_that_dies_turns_ready_to_503_and_is_logged(api, run, caplog):
+def test_a_watch_thread_that_dies_turns_ready_to_503_and_is_logged(api, run, caplog):  # noqa: F811
     caplog.set_level(logging.INFO)
     seed(api)
     sink = DyingSink()

@@ -27,6 +27,7 @@ import yaml
 
 from kdns import objects
 from kdns.objects import Cluster, FieldError
+from kdns.sources import controllers, workloads
 from kdns.sources.files import SUFFIXES, Unreadable, files_of, stamp as _stamp  # noqa: F401
 
 log = logging.getLogger("kdns.manifests")
@@ -136,26 +137,37 @@ _TABLES = {objects.Service: "services", objects.EndpointSlice: "slices",
            objects.Namespace: "namespaces", objects.Pod: "pods"}
 
 _PARSERS: dict[str, Callable[[Any], Any]] = {
-    "Service": objects.service_from_dict,
+    # A Service and a Pod also give what the EndpointSlice controller reads of them (selector,
+    # targetPorts; labels, container ports), for controllers.derive.
+    "Service": lambda doc: [objects.service_from_dict(doc), *workloads.selector_from_dict(doc)],
     "EndpointSlice": objects.endpointslice_from_dict,
     "Endpoints": objects.endpoints_from_dict,
     "Namespace": objects.namespace_from_dict,
-    "Pod": objects.pod_from_dict,
+    "Pod": lambda doc: [objects.pod_from_dict(doc), *workloads.readable(workloads.bare_pod_from_dict, doc)],
+    **{kind: (lambda doc: workloads.readable(workloads.workload_from_dict, doc))
+       for kind in workloads.WORKLOAD_KINDS},
 }
 
 
 def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
-         files: dict | None = None, *, distinct_ips: bool = True) -> Cluster:
+         files: dict | None = None, *, derive: workloads.Options = workloads.Options(),
+         origins: dict | None = None, derived: list | None = None,
+         distinct_ips: bool = True) -> Cluster:
     """Parse manifests into a Cluster; raise ManifestError listing every problem.
 
     ``files`` (the Watcher's): path -> ((mtime, size), objects) of files that parsed cleanly;
     a file whose stamp is unchanged is not read again, and the dict is updated in place. A file
     in it that cannot be read now, or that holds no document any more (caught half-written, or
     emptied), keeps its objects from then, with a warning: data never vanishes without a word.
+    Workloads become pods and EndpointSlices (``derive``: --pod-cidr, --nodes). ``origins``,
+    when given, gets (kind, namespace, name) -> "file, document N" of every object read, and
+    ``derived`` the controllers.Derived (both for `kdns explain` and `kdns env --workload`).
     ``distinct_ips``: two Services with one clusterIP are a problem (as the API server's
     allocator would have it).
     """
     cluster = Cluster()
+    inputs: dict[tuple, Any] = {}
+    unreadable: list[str] = []
     problems: list[str] = []
     skipped: dict[str, int] = {}
     seen_ns: set[str] = set(ALWAYS_NAMESPACES)
@@ -224,6 +236,18 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
     where_of: dict = {}
     for objs in objects_of:
         for where, obj in objs:
+            if origins is not None:
+                origins.setdefault(_origin_key(obj), str(where))
+            if isinstance(obj, workloads.Unreadable):
+                unreadable.append(f"{where}: {obj.what}: field {obj.path}: {obj.message}; no "
+                                  f"endpoints derived from it")
+                continue
+            if isinstance(obj, workloads.INPUT_TYPES):
+                if obj.key in inputs and inputs[obj.key] != obj:
+                    problems.append(f"{where}: {obj.key[0]}/{obj.key[1]}/{obj.key[2]}: defined "
+                                    f"twice with different content")
+                inputs[obj.key] = obj
+                continue
             key = obj.key if not isinstance(obj, objects.Namespace) else obj.name
             table = getattr(cluster, _TABLES[type(obj)])
             if key in table and table[key] != obj:
@@ -237,17 +261,26 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
         problems.extend(_shared_cluster_ips(cluster, where_of))
     for kind, count in sorted(skipped.items()):
         log.info("skipping %d %s object(s): kdns serves Services, EndpointSlices, Endpoints, "
-                 "Namespaces and Pods", count, kind)
+                 "Namespaces, Pods and the workloads that make pods", count, kind)
     if problems:
         if reused and files is not None:
             # A clash with an object from a file not re-read: its lines lack the document
             # index; read everything again for messages that name it.
-            return load(paths, service_cidr, None, distinct_ips=distinct_ips)
+            return load(paths, service_cidr, None, derive=derive, origins=origins, derived=derived,
+                        distinct_ips=distinct_ips)
         raise ManifestError(problems)
     # A namespace exists when a Namespace object names it or any object lives in it.
+    seen_ns |= {obj.namespace for obj in inputs.values()}
     for ns in sorted(seen_ns - set(cluster.namespaces)):
         cluster.namespaces[ns] = objects.Namespace(ns)
     allocate_cluster_ips(cluster, service_cidr)
+    if inputs or unreadable:
+        try:
+            made = controllers.derive(cluster, list(inputs.values()), derive, unreadable)
+        except ValueError as exc:
+            raise ManifestError([str(exc)]) from None
+        if derived is not None:
+            derived.append(made)
     return cluster
 
 
@@ -269,6 +302,14 @@ def _shared_cluster_ips(cluster: Cluster, where_of: dict) -> list[str]:
                              f"{ip} is already the clusterIP of Service/{first[0]}/{first[1]} "
                              f"({where_of.get(first)}); every Service needs its own")
     return lines
+
+
+def _origin_key(obj) -> tuple[str, str, str]:
+    if isinstance(obj, objects.Namespace):
+        return ("Namespace", "", obj.name)
+    if isinstance(obj, workloads.INPUT_TYPES):
+        return obj.key
+    return (type(obj).__name__, obj.namespace, obj.name)
 
 
 def _parse_file(path: Path) -> tuple[list, list[str], dict[str, int]]:

@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 from kdns.objects import Cluster
+from kdns.sources import workloads
 from kdns.sources.files import files_of, stamp as _stamp
 from kdns.sources.manifests import ManifestError, load
 
@@ -25,9 +26,11 @@ class Watcher:
     # Past this many changed objects, one reset (a full recompile) beats event by event.
     RESET_ABOVE = 2000
 
-    def __init__(self, paths: list, service_cidr: str, sink, interval: float = 2.0):
+    def __init__(self, paths: list, service_cidr: str, sink, interval: float = 2.0,
+                 derive: workloads.Options = workloads.Options()):
         self.paths = paths
         self.service_cidr = service_cidr
+        self.derive = derive
         self.sink = sink
         self.interval = interval
         self._stop = threading.Event()
@@ -41,10 +44,11 @@ class Watcher:
         self._cluster: Cluster | None = None
 
     @classmethod
-    def loaded(cls, paths: list, service_cidr: str, sink, interval: float = 2.0) -> tuple["Watcher", Cluster]:
+    def loaded(cls, paths: list, service_cidr: str, sink, interval: float = 2.0,
+               derive: workloads.Options = workloads.Options()) -> tuple["Watcher", Cluster]:
         """Load the manifests (ManifestError on problems) and a Watcher that knows them."""
-        watcher = cls(paths, service_cidr, sink, interval)
-        cluster = load(paths, service_cidr, watcher._files)
+        watcher = cls(paths, service_cidr, sink, interval, derive)
+        cluster = load(paths, service_cidr, watcher._files, derive=derive)
         watcher._cluster = cluster
         return watcher, cluster
 
@@ -109,7 +113,7 @@ class Watcher:
             for path, (_, objs) in list(self._files.items()):
                 self._files[path] = (None, objs)
         try:
-            cluster = load(self.paths, self.service_cidr, self._files)
+            cluster = load(self.paths, self.service_cidr, self._files, derive=self.derive)
         except ManifestError as exc:
             for line in exc.problems:
                 log.error("%s", line)
