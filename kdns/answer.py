@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kdns import names
-from kdns.snapshot import APEX_NS, ENT, SERIAL, Node, Snapshot, endpoint_srv
+from kdns.snapshot import APEX_NS, ENT, HOSTS, SERIAL, Node, Snapshot, endpoint_srv
 
 # RR types and rcodes (RFC 1035, 2782, 3596, 6891) - named here so that nothing above wire.py
 # needs a DNS library.
@@ -34,7 +34,7 @@ class Response:
     authoritative: bool = True
     forward: bool = False          # the name is outside every served zone
     chase: tuple[str, int] | None = None   # out-of-zone CNAME target to resolve upstream
-    fallthrough: bool = False      # reverse-zone NXDOMAIN an upstream may know (kubeadm fallthrough)
+    fallthrough: bool = False      # a NXDOMAIN in a --fallthrough zone: the forwarder's to answer
     # What the answer was read from, as snapshot.Store names changes (see snapshot.Dep): the
     # packet cache keeps it exactly as long as none of these changes.
     deps: list = field(default_factory=list)
@@ -44,16 +44,46 @@ def answer(snap: Snapshot, qname: str, qtype: int) -> Response:
     """``qname`` is the question name exactly as sent (case preserved, trailing dot optional)."""
     if not qname.endswith("."):
         qname += "."
-    hit = names.split(qname.lower(), snap.zones)
+    lower = qname.lower()
+    if snap.hosts is not None:
+        # --hosts answers first, for any name; whether it knew the name is itself a dep.
+        resp = _hosts(snap, qname, lower, qtype)
+        if resp is not None:
+            return resp
+    hit = names.split(lower, snap.zones)
     if hit is None:
-        return Response(REFUSED, authoritative=False, forward=True)
+        resp = Response(REFUSED, authoritative=False, forward=True)
+        if snap.hosts is not None:
+            resp.deps.append((HOSTS, lower))
+        return resp
     if qtype in (AXFR, IXFR):
         return Response(REFUSED)               # zone transfer is a non-goal (§3.8)
     zone, labels = hit
     spelled = qname[len(qname) - len(zone) - 1:-1]       # the zone as spelled in the query
     resp = Response()
+    if snap.hosts is not None:
+        resp.deps.append((HOSTS, lower))
     _answer_into(snap, resp, qname, qtype, zone, spelled, labels, set())
     return resp
+
+
+def _hosts(snap: Snapshot, qname: str, lower: str, qtype: int) -> Response | None:
+    """A name of the hosts file: its addresses, NODATA for other types (CoreDNS hosts); a
+    reverse name of one of its addresses: PTR. Anything else falls through (None)."""
+    hosts = snap.hosts
+    ttl = snap.config.ttl
+    addrs = hosts.names.get(lower)
+    if addrs is not None:
+        resp = Response(deps=[(HOSTS, lower)])
+        if qtype in (A, AAAA):
+            want6 = qtype == AAAA
+            resp.answer.extend((qname, qtype, ttl, ip) for ip in addrs if (":" in ip) == want6)
+        return resp
+    if qtype == PTR:
+        targets = hosts.reverse.get(lower)
+        if targets is not None:
+            return Response(answer=[(qname, PTR, ttl, t) for t in targets], deps=[(HOSTS, lower)])
+    return None
 
 
 def _soa(snap: Snapshot, spelled: str) -> RR:
@@ -68,7 +98,8 @@ def _answer_into(snap: Snapshot, resp: Response, qname: str, qtype: int, zone: s
     ttl = snap.config.ttl
     domain = snap.config.domain
     before = len(resp.answer)                   # a chased CNAME may already stand in front
-    if zone == domain:
+    cluster = zone == domain or zone in snap.config.extra_zones
+    if cluster:
         node = _cluster_node(snap, labels, resp.deps)
     else:
         node = _reverse_node(snap, zone, labels, resp.deps)
@@ -83,7 +114,7 @@ def _answer_into(snap: Snapshot, resp: Response, qname: str, qtype: int, zone: s
         # that a client never caches a NXDOMAIN for a name that exists (CoreDNS notSynced).
         resp.rcode = NXDOMAIN if snap.synced else SERVFAIL
         resp.authority.append(_soa(snap, spelled))
-        resp.fallthrough = zone != snap.config.domain and snap.synced
+        resp.fallthrough = snap.synced and snap.config.falls_through(qname.lower())
         return
 
     if not labels:                              # the apex
@@ -93,7 +124,7 @@ def _answer_into(snap: Snapshot, resp: Response, qname: str, qtype: int, zone: s
             return
         if qtype == NS:
             resp.deps.append(APEX_NS)
-            suffix = spelled if zone == domain else domain
+            suffix = spelled if cluster else domain
             for target, glue in snap.ns_records:
                 owner = f"{target}.{suffix}."
                 resp.answer.append((qname, NS, ttl, owner))

@@ -51,10 +51,13 @@ def _port(text: str, whole: str) -> int:
     return int(text)
 
 
-def normalize_zone(zone: str) -> str:
+def normalize_zone(zone: str, flag: str = "--domain", root_ok: bool = False) -> str:
+    """'Cluster.Local.' -> 'cluster.local'; with ``root_ok``, '.' -> '' (every zone)."""
     zone = zone.strip().rstrip(".").lower()
+    if root_ok and not zone:
+        return ""
     if not zone or any(not label or len(label) > 63 for label in zone.split(".")):
-        raise ConfigError(f"--domain {zone!r}: not a DNS name")
+        raise ConfigError(f"{flag} {zone!r}: not a DNS name")
     return zone
 
 
@@ -78,6 +81,16 @@ class Config:
     # Rotate A/AAAA RRsets of several records between answers (kubeadm's Corefile has
     # CoreDNS's loadbalance), so clients do not all pile onto the first address.
     loadbalance: bool = True
+    # The kubernetes plugin's options (CoreDNS plugin/kubernetes/README.md). Extra zones are
+    # served from the same data as ``domain`` (one kubernetes block with several zones); record
+    # data (PTR targets, SRV targets of other zones' names) keeps using ``domain``.
+    extra_zones: tuple[str, ...] = ()
+    namespaces: frozenset[str] | None = None       # None = every namespace is served
+    ignore_empty_service: bool = False
+    noendpoints: bool = False
+    # Zones (lower case, no trailing dot; "" = every zone) whose NXDOMAIN goes on to the
+    # forwarder, as CoreDNS's fallthrough. kubeadm's Corefile falls through the reverse zones.
+    fallthrough: tuple[str, ...] = REVERSE_ZONES
     # TCP against slow clients (kdns.tcp): a whole message within tcp_message_timeout of its
     # first byte, a connection closed after tcp_idle_timeout with nothing in flight.
     tcp_idle_timeout: float = 10.0
@@ -111,10 +124,28 @@ class Config:
             except ValueError:
                 raise ConfigError(f"--pod-ip {self.pod_ip!r}: not an IP address") from None
 
+        for zone in self.extra_zones:
+            if zone == self.domain or zone in REVERSE_ZONES or _under(zone, self.domain) \
+                    or _under(self.domain, zone):
+                raise ConfigError(f"--zone {zone!r}: overlaps the cluster zone {self.domain!r} "
+                                  "or a reverse zone")
+
     @property
     def zones(self) -> tuple[str, ...]:
         """Served zones, longest first, so the longest match wins."""
-        return tuple(sorted((self.domain, *REVERSE_ZONES), key=len, reverse=True))
+        return tuple(sorted((self.domain, *self.extra_zones, *REVERSE_ZONES), key=len, reverse=True))
+
+    def falls_through(self, qname_lower: str) -> bool:
+        """Whether a NXDOMAIN for this name (lower case, trailing dot) goes on to the forwarder."""
+        name = qname_lower[:-1]
+        for zone in self.fallthrough:
+            if not zone or name == zone or _under(name, zone):
+                return True
+        return False
+
+
+def _under(name: str, zone: str) -> bool:
+    return name.endswith("." + zone)
 
 
 def add_source_args(p: argparse.ArgumentParser, *, watch: bool = True) -> None:

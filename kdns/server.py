@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
 
 from kdns import answer as ans
-from kdns import mmsg, sockets, tcp, wire
+from kdns import mmsg, rewrite, sockets, tcp, wire
 from kdns.metrics import COMPUTED, HITS, QueryStats
 from kdns.badinput import BadInputLog
 from kdns.packetcache import PacketCache, evict_oldest, rotated
@@ -45,6 +45,7 @@ MAX_PENDING_FORWARDS = 1000
 class Server:
     def __init__(self, holder: Holder, listen: tuple[tuple[str, int], ...], cache_size: int = 20000,
                  forwarder=None, batch: int = 64, loadbalance: bool = True,
+                 rewrites: rewrite.Rules = rewrite.Rules(), max_forwards: int | None = None,
                  tcp_limits: tcp.Limits = tcp.Limits()):
         self.holder = holder
         self.tcp_limits = tcp_limits
@@ -55,13 +56,15 @@ class Server:
         self.forwarder = forwarder
         self.cache = PacketCache(holder, self.cache_size)
         self.loadbalance = loadbalance          # rotate A/AAAA RRsets between answers
+        self.rewrites = rewrites                # --rewrite-name/--rewrite-suffix
         self._turn = 0                          # the rotation of uncached (TCP) answers
         self._forward_memo: dict = {}           # query after ID -> (reply after ID, valid until, cell)
         self._udp: list[socket.socket] = []
         self._tcp: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="kdns-slow")
-        self._forward_slots = threading.BoundedSemaphore(MAX_PENDING_FORWARDS)
+        self._forward_slots = threading.BoundedSemaphore(
+            max(1, MAX_PENDING_FORWARDS if max_forwards is None else max_forwards))
         self._stopping = threading.Event()
         self.stats = QueryStats()
         self.bad = BadInputLog(log)
@@ -234,7 +237,10 @@ class Server:
                 hit[1][HITS] += 1
                 return data[:2] + (hit[0] if hit[3] is None else rotated(hit))
         try:
-            resp = ans.answer(snap, query.qname, query.qtype)
+            if self.rewrites:
+                resp = rewrite.answer(snap, query.qname, query.qtype, self.rewrites)
+            else:
+                resp = ans.answer(snap, query.qname, query.qtype)
         except Exception as e:
             self.bad.exception("answering", e, query.qname)
             return self._counted(wire.servfail(query), transport)

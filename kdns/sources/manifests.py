@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
-from kdns import objects
+from kdns import objects, selector
 from kdns.objects import Cluster, FieldError
 from kdns.sources import controllers, workloads
 from kdns.sources.files import SUFFIXES, Unreadable, files_of, stamp as _stamp  # noqa: F401
@@ -152,7 +152,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
          files: dict | None = None, *, derive: workloads.Options = workloads.Options(),
          origins: dict | None = None, derived: list | None = None,
-         distinct_ips: bool = True) -> Cluster:
+         labels: str | None = None, distinct_ips: bool = True) -> Cluster:
     """Parse manifests into a Cluster; raise ManifestError listing every problem.
 
     ``files`` (the Watcher's): path -> ((mtime, size), objects) of files that parsed cleanly;
@@ -162,6 +162,7 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
     Workloads become pods and EndpointSlices (``derive``: --pod-cidr, --nodes). ``origins``,
     when given, gets (kind, namespace, name) -> "file, document N" of every object read, and
     ``derived`` the controllers.Derived (both for `kdns explain` and `kdns env --workload`).
+    ``labels``: a label selector (--labels); Services it does not select are left out.
     ``distinct_ips``: two Services with one clusterIP are a problem (as the API server's
     allocator would have it).
     """
@@ -190,7 +191,7 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
         if hit is not None and stamps[path] is not None and hit[0] == stamps[path]:
             cached[path] = hit[1]
     to_parse = [p for p in found if p not in cached]
-    parsed = dict(zip(to_parse, _parse_files(to_parse, stamps)))
+    parsed = dict(zip(to_parse, _parse_files(to_parse, stamps, labels)))
     for path in to_parse:
         # Written to while we read it: what we read may be half of either version. Read again.
         for _ in range(3):
@@ -198,7 +199,7 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
             if now == stamps[path]:
                 break
             stamps[path] = now
-            parsed[path] = _parse_file(path)
+            parsed[path] = _parse_file(path, labels)
     objects_of: list = []
     for path in found:
         if path in cached:
@@ -267,7 +268,7 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
             # A clash with an object from a file not re-read: its lines lack the document
             # index; read everything again for messages that name it.
             return load(paths, service_cidr, None, derive=derive, origins=origins, derived=derived,
-                        distinct_ips=distinct_ips)
+                        labels=labels, distinct_ips=distinct_ips)
         raise ManifestError(problems)
     # A namespace exists when a Namespace object names it or any object lives in it.
     seen_ns |= {obj.namespace for obj in inputs.values()}
@@ -312,13 +313,13 @@ def _origin_key(obj) -> tuple[str, str, str]:
     return (type(obj).__name__, obj.namespace, obj.name)
 
 
-def _parse_file(path: Path) -> tuple[list, list[str], dict[str, int]]:
+def _parse_file(path: Path, labels: str | None = None) -> tuple[list, list[str], dict[str, int]]:
     """One file: its (where, object) pairs, its problems, the kinds it skipped (picklable, for
     the worker processes of _parse_files)."""
     problems: list[str] = []
     skipped: dict[str, int] = {}
     try:
-        return list(_file_objects(path, problems, skipped)), problems, skipped
+        return list(_file_objects(path, problems, skipped, labels)), problems, skipped
     except RecursionError:               # whichever decoder or walk met it: a problem, not a crash
         return [], problems + [f"{path}: does not parse: nested too deeply"], skipped
     except ValueError as exc:            # a decoder's own error type, not one listed above
@@ -330,7 +331,8 @@ def _short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
-def _parse_files(paths: list[Path], stamps: dict) -> list[tuple[list, list[str], dict[str, int]]]:
+def _parse_files(paths: list[Path], stamps: dict,
+                 labels: str | None = None) -> list[tuple[list, list[str], dict[str, int]]]:
     """_parse_file of each path, in order. Parsing YAML is CPU-bound (libyaml composes, PyYAML's
     Python constructors build: ~30 s for a 10,000-Service dump on one core), so past
     PARALLEL_BYTES the files are shared out to worker processes (``python -c``, never a fork: a
@@ -341,14 +343,14 @@ def _parse_files(paths: list[Path], stamps: dict) -> list[tuple[list, list[str],
     size = sum(stamps[p][1] for p in paths if stamps.get(p))
     if workers > 1 and size >= PARALLEL_BYTES:
         try:
-            return _in_workers(paths, stamps, workers)
+            return _in_workers(paths, stamps, workers, labels)
         except (OSError, EOFError, pickle.UnpicklingError, subprocess.SubprocessError) as exc:
             log.warning("parsing the manifests in %d processes failed (%s); parsing them here",
                         workers, exc)
-    return [_parse_file(p) for p in paths]
+    return [_parse_file(p, labels) for p in paths]
 
 
-def _in_workers(paths: list[Path], stamps: dict, workers: int) -> list:
+def _in_workers(paths: list[Path], stamps: dict, workers: int, labels: str | None = None) -> list:
     shares: list[list[int]] = [[] for _ in range(workers)]
     loads = [0] * workers
     for i in sorted(range(len(paths)), key=lambda i: -(stamps.get(paths[i]) or (0, 0))[1]):
@@ -363,7 +365,7 @@ def _in_workers(paths: list[Path], stamps: dict, workers: int) -> list:
     results: list = [None] * len(paths)
     try:
         for proc, share in zip(procs, shares):
-            proc.stdin.write(pickle.dumps([paths[i] for i in share]))
+            proc.stdin.write(pickle.dumps(([paths[i] for i in share], labels)))
             proc.stdin.close()
         for proc, share in zip(procs, shares):
             for i, result in zip(share, pickle.load(proc.stdout)):
@@ -380,13 +382,15 @@ def _in_workers(paths: list[Path], stamps: dict, workers: int) -> list:
 
 def _worker() -> None:
     """A worker process of _in_workers: paths in (pickled, on stdin), results out (stdout)."""
-    paths = pickle.load(sys.stdin.buffer)
-    pickle.dump([_parse_file(p) for p in paths], sys.stdout.buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    paths, labels = pickle.load(sys.stdin.buffer)
+    pickle.dump([_parse_file(p, labels) for p in paths], sys.stdout.buffer, protocol=pickle.HIGHEST_PROTOCOL)
     sys.stdout.buffer.flush()
 
 
-def _file_objects(path: Path, problems: list[str], skipped: dict[str, int]) -> Iterator[tuple[Any, Any]]:
+def _file_objects(path: Path, problems: list[str], skipped: dict[str, int],
+                  labels: str | None = None) -> Iterator[tuple[Any, Any]]:
     """(where, object) for every object kdns serves in one file; problems named as load's."""
+    selected = selector.parse(labels) if labels else None
     for where, doc in _file_documents(path, problems):
         if not isinstance(doc, dict):
             problems.append(f"{where}: {_describe(doc)}: must be a mapping with apiVersion and kind")
@@ -399,6 +403,8 @@ def _file_objects(path: Path, problems: list[str], skipped: dict[str, int]) -> I
         if parse is None:
             skipped[kind] = skipped.get(kind, 0) + 1
             continue
+        if selected is not None and kind == "Service" and not selected(selector.labels_of(doc)):
+            continue                         # --labels: as the API's labelSelector would
         if kind == "EndpointSlice" and doc.get("apiVersion") not in (None, "discovery.k8s.io/v1"):
             problems.append(f"{where}: {_describe(doc)}: field apiVersion: EndpointSlice must be "
                             f"discovery.k8s.io/v1, got {doc.get('apiVersion')!r}")

@@ -27,8 +27,9 @@ class Watcher:
     RESET_ABOVE = 2000
 
     def __init__(self, paths: list, service_cidr: str, sink, interval: float = 2.0,
-                 derive: workloads.Options = workloads.Options()):
+                 derive: workloads.Options = workloads.Options(), labels: str | None = None):
         self.paths = paths
+        self.labels = labels
         self.service_cidr = service_cidr
         self.derive = derive
         self.sink = sink
@@ -45,10 +46,11 @@ class Watcher:
 
     @classmethod
     def loaded(cls, paths: list, service_cidr: str, sink, interval: float = 2.0,
-               derive: workloads.Options = workloads.Options()) -> tuple["Watcher", Cluster]:
+               derive: workloads.Options = workloads.Options(),
+               labels: str | None = None) -> tuple["Watcher", Cluster]:
         """Load the manifests (ManifestError on problems) and a Watcher that knows them."""
-        watcher = cls(paths, service_cidr, sink, interval, derive)
-        cluster = load(paths, service_cidr, watcher._files, derive=derive)
+        watcher = cls(paths, service_cidr, sink, interval, derive, labels)
+        cluster = load(paths, service_cidr, watcher._files, derive=derive, labels=labels)
         watcher._cluster = cluster
         return watcher, cluster
 
@@ -113,7 +115,8 @@ class Watcher:
             for path, (_, objs) in list(self._files.items()):
                 self._files[path] = (None, objs)
         try:
-            cluster = load(self.paths, self.service_cidr, self._files, derive=self.derive)
+            cluster = load(self.paths, self.service_cidr, self._files, derive=self.derive,
+                           labels=self.labels)
         except ManifestError as exc:
             for line in exc.problems:
                 log.error("%s", line)
