@@ -418,7 +418,7 @@ def serve(args) -> int:
         return 1
     # Ctrl-C on a kdns run by hand: no Service routes to it (no --http, no probes), so a
     # lameduck would only keep the terminal waiting.
-    interactive = signals[:1] == [signal.SIGINT] and args.http is None
+    interactive = signals[:1] == [signal.SIGINT] and not args.http
     _lameduck(status, 0 if interactive else args.lameduck, again)
     if hosts_watcher:
         hosts_watcher.stop()
