@@ -289,35 +289,39 @@ def serve(args) -> int:
                 print(f"kdns: {line}", file=sys.stderr)
             return 2
     # Handlers first: a SIGTERM that arrives while starting up still means a clean exit 0.
+    # A handler only appends to a list; pump() acts on it from _wait's slices on the main
+    # thread. A handler that took a lock (Event.set, logging) can interrupt its own thread while
+    # it holds that very lock: two SIGHUPs in a row deadlocked kdns that way.
     stop, again = threading.Event(), threading.Event()
     signals: list[int] = []
+    pending: list[int] = []
 
     source = watcher = None
 
-    def on_signal(signum, _frame):
-        signals.append(signum)
-        (stop if len(signals) == 1 else again).set()
+    def on_any(signum, _frame):
+        pending.append(signum)
 
-    def on_hangup(_signum, _frame):
-        # SIGHUP is "re-read your configuration" by convention, and what a terminal closing
-        # sends: never a reason to stop serving.
-        if watcher is not None:
-            log.info("SIGHUP: re-reading the manifests")
-            watcher.trigger()
-        elif uses_api(args):
-            log.info("SIGHUP: nothing to re-read (the API is watched, not read once)")
-        else:
-            log.info("SIGHUP while starting: the manifests are being read now")
+    def pump() -> None:
+        while pending:
+            signum = pending.pop(0)
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                signals.append(signum)
+                (stop if len(signals) == 1 else again).set()
+            elif signum == signal.SIGHUP:
+                # "Re-read your configuration" by convention, and what a closing terminal
+                # sends: never a reason to stop serving.
+                if watcher is not None:
+                    log.info("SIGHUP: re-reading the manifests")
+                    watcher.trigger()
+                else:
+                    log.info("SIGHUP: nothing to re-read (the API is watched, not read once)")
+            elif signum == signal.SIGUSR1:
+                log.info("SIGUSR1: serving snapshot %d (%d services), %d TCP connections",
+                         store.holder.current.version, len(store.cluster.services),
+                         server.tcp.connections() if server is not None and server.tcp is not None else 0)
 
-    def on_usr1(_signum, _frame):
-        log.info("SIGUSR1: serving snapshot %d (%d services), %d TCP connections",
-                 store.holder.current.version, len(store.cluster.services),
-                 server.tcp.connections() if server is not None and server.tcp is not None else 0)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
-    signal.signal(signal.SIGHUP, on_hangup)
-    signal.signal(signal.SIGUSR1, on_usr1)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(sig, on_any)
     server = None
     try:
         derive = manifests.workloads.Options.from_args(args)
@@ -407,7 +411,7 @@ def serve(args) -> int:
         # Like CoreDNS's loop plugin: a forwarding loop is fatal, loudly, rather than a slow
         # storm of queries circling until every client times out.
         server.forwarder.start_loop_probe(lambda msg: (looped.append(msg), stop.set()))
-    _wait(stop)
+    _wait(stop, pump=pump)
     if looped:
         print(f"kdns: {looped[0]}", file=sys.stderr)
         if source is not None:
@@ -419,7 +423,7 @@ def serve(args) -> int:
     # Ctrl-C on a kdns run by hand: no Service routes to it (no --http, no probes), so a
     # lameduck would only keep the terminal waiting.
     interactive = signals[:1] == [signal.SIGINT] and not args.http
-    _lameduck(status, 0 if interactive else args.lameduck, again)
+    _lameduck(status, 0 if interactive else args.lameduck, again, pump)
     if hosts_watcher:
         hosts_watcher.stop()
     if watcher:
@@ -470,21 +474,26 @@ class _Webs(list):
             web.close()
 
 
-def _lameduck(status, seconds: float, again: threading.Event) -> None:
+def _lameduck(status, seconds: float, again: threading.Event, pump=None) -> None:
     """/ready goes 503 at once; DNS keeps answering while the endpoint removal reaches every
     kube-proxy, so no client is sent to a server that has already gone (CoreDNS health lameduck)."""
     status.lameduck = True
     if seconds > 0:
         log.info("lameduck: not ready, still answering for %gs (signal again to stop now)", seconds)
-        _wait(again, seconds)
+        _wait(again, seconds, pump)
 
 
-def _wait(event: threading.Event, seconds: float | None = None) -> None:
-    """Wait for a signal-set event in short slices. The kernel may deliver SIGTERM to any thread
-    (a UDP loop in recvfrom, say); Python then runs the handler only when the main thread next
-    runs bytecode, which an untimed wait never does, so a plain ``event.wait()`` can miss it."""
+def _wait(event: threading.Event, seconds: float | None = None, pump=None) -> None:
+    """Wait for a signal-set event in short slices, acting on signals (``pump``) between them.
+    The kernel may deliver SIGTERM to any thread (a UDP loop in recvfrom, say); Python then runs
+    the handler only when the main thread next runs bytecode, which an untimed wait never does,
+    so a plain ``event.wait()`` can miss it."""
     deadline = None if seconds is None else time.monotonic() + seconds
-    while not event.is_set():
+    while True:
+        if pump is not None:
+            pump()
+        if event.is_set():
+            return
         left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
         if left <= 0:
             return

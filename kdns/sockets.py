@@ -28,12 +28,22 @@ def open_listeners(listen) -> tuple[list[socket.socket], list[socket.socket], li
     try:
         for host, asked in listen:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            tcp = _socket(family, socket.SOCK_STREAM, asked != 0, tcp_socks)
-            _bind(tcp, host, asked, "tcp")
-            port = tcp.getsockname()[1]          # port 0: UDP takes the same number as TCP
-            udp = _socket(family, socket.SOCK_DGRAM, asked != 0, udp_socks)
-            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
-            _bind(udp, host, port, "udp")
+            for attempt in range(20):
+                tcp = _socket(family, socket.SOCK_STREAM, asked != 0, tcp_socks)
+                _bind(tcp, host, asked, "tcp")
+                port = tcp.getsockname()[1]      # port 0: UDP takes the same number as TCP
+                udp = _socket(family, socket.SOCK_DGRAM, asked != 0, udp_socks)
+                udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+                try:
+                    _bind(udp, host, port, "udp")
+                    break
+                except ListenError as exc:
+                    # Port 0: the number free for TCP may be taken for UDP; pick another.
+                    if asked != 0 or exc.errno != errno.EADDRINUSE or attempt == 19:
+                        raise
+                    for sock, into in ((tcp, tcp_socks), (udp, udp_socks)):
+                        into.remove(sock)
+                        sock.close()
             tcp.listen(1024)
             bound.append((host, port))
     except BaseException:
