@@ -6,12 +6,13 @@ import argparse
 import ctypes
 import gc
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 
-from kdns import __version__, envcli, explaincli, serveargs
+from kdns import __version__, compare, envcli, explaincli, logs, serveargs
 from kdns.config import (Config, ConfigError, add_source_args, format_hostport, normalize_zone,
                          parse_hostport, uses_api)
 from kdns.forward import ForwardConfigError
@@ -85,14 +86,16 @@ def add_forward_args(p: argparse.ArgumentParser) -> None:
 
 def add_tcp_args(p: argparse.ArgumentParser) -> None:
     """What one TCP client may hold (kdns.tcp; README "Limits")."""
-    p.add_argument("--tcp-idle-timeout", type=float, default=10.0, metavar="SECONDS",
-                   help="close a TCP connection with no query in flight after this long (default 10)")
+    p.add_argument("--tcp-idle-timeout", type=float, default=15.0, metavar="SECONDS",
+                   help="close a TCP connection with no query in flight after this long (default "
+                        "15: above CoreDNS forward's 10 s pool expiry, so NodeLocal DNSCache closes first)")
     p.add_argument("--tcp-message-timeout", type=float, default=3.0, metavar="SECONDS",
                    help="a whole length-prefixed TCP message must arrive within this long of its "
                         "first byte, or the connection is closed (default 3)")
-    p.add_argument("--tcp-max-connections", type=int, default=256, metavar="N",
+    p.add_argument("--tcp-connections", "--tcp-max-connections", dest="tcp_connections", type=int,
+                   default=256, metavar="N",
                    help="TCP connections in all; past it the oldest idle one is closed to admit a "
-                        "new one (default 256)")
+                        "new one (default 256; NodeLocal DNSCache: about 4 x nodes / replicas)")
     p.add_argument("--tcp-max-per-client", type=int, default=32, metavar="N",
                    help="TCP connections from one address; past it that client's oldest idle one "
                         "is closed, else the new one (default 32)")
@@ -101,7 +104,7 @@ def add_tcp_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdns", description="Cluster DNS for Kubernetes Service discovery")
     parser.add_argument("--version", action="version", version=f"kdns {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_log_args(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="answer DNS for a cluster over UDP and TCP")
@@ -141,17 +144,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reload", type=float, default=2.0, metavar="SECONDS",
                    help="poll manifests and --hosts for changes this often; 0 disables (default 2)")
     add_ops_args(s)
-    envcli.add_parser(sub)
-    explaincli.add_parser(sub)
+    s.add_argument("--log-queries", action="store_true",
+                   help="log one line per query in CoreDNS log plugin's format (default off; "
+                        "answers through the one-datagram-per-call UDP loop while on)")
+    add_log_args(s)
+    add_log_args(envcli.add_parser(sub))
+    add_log_args(compare.add_parser(sub))
+    add_log_args(explaincli.add_parser(sub))
     c = sub.add_parser("corefile", help="print the kdns serve command line a Corefile means")
     c.add_argument("file", metavar="FILE")
+    add_log_args(c)
     return parser
+
+
+def add_log_args(p: argparse.ArgumentParser, top: bool = False) -> None:
+    """--log-level and --log-format, before or after the subcommand (``kdns serve --log-level
+    debug`` and ``kdns --log-level debug serve`` are the same; the later one wins)."""
+    default = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
+    p.add_argument("--log-level", default=default("info"), choices=logs.LEVELS,
+                   help="least severe level logged (default info)")
+    p.add_argument("--log-format", default=default("text"), choices=logs.FORMATS,
+                   help="text: timestamp, [LEVEL], message; json: one object per line (default text)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
-                        format="kdns: %(message)s")
+    logs.setup(args.log_level, args.log_format)
     if args.command == "corefile":
         return serveargs.print_corefile(args.file)
     if args.command == "serve":
@@ -163,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
     if args.command == "env":
         return envcli.run(args)
+    if args.command == "compare":
+        return compare.run(args, envcli.load_cluster)
     if args.command == "explain":
         return explaincli.run(args)
     return 2
@@ -196,7 +216,7 @@ def _config(args) -> Config:
                   noendpoints=args.noendpoints, fallthrough=fallthrough,
                   tcp_idle_timeout=args.tcp_idle_timeout,
                   tcp_message_timeout=args.tcp_message_timeout,
-                  tcp_max_connections=args.tcp_max_connections,
+                  tcp_max_connections=args.tcp_connections,
                   tcp_max_per_client=args.tcp_max_per_client)
 
 
@@ -379,6 +399,9 @@ def serve(args) -> int:
     except ListenError as exc:
         print(f"kdns: {exc.strerror}", file=sys.stderr)
         return 1
+    if args.log_queries:
+        from kdns import querylog
+        querylog.install(server, args.log_format)
     try:
         server.forwarder = _forwarder(args, bound, config.cache_size, config.zones)
     except ForwardConfigError as exc:
@@ -386,6 +409,7 @@ def serve(args) -> int:
         server.close()
         return 2
     status, web = _start_http(args, server, store.holder, source.waiting_for if source else None,
+                              source.problem if source else None,
                               lambda: (source.failed() if source else None)
                               or (watcher.failed() if watcher else None))
     if status is None:
@@ -404,6 +428,10 @@ def serve(args) -> int:
         log.info("serving %s and the reverse zones: %d services, %d namespaces, from %s",
                  config.domain, len(store.cluster.services), len(store.cluster.namespaces),
                  ", ".join(str(p) for p in paths))
+        if not args.manifests and os.environ.get("KUBECONFIG"):
+            log.warning("$KUBECONFIG is set, but without --kubeconfig, --context or --in-cluster "
+                        "kdns serves the embedded example cluster; to serve your cluster: "
+                        "kdns serve --kubeconfig \"$KUBECONFIG\"")
     for host, port in bound:
         log.info("listening on %s (udp, tcp)", format_hostport(host, port))
     looped: list[str] = []
@@ -437,16 +465,16 @@ def serve(args) -> int:
     return 0
 
 
-def _start_http(args, server, holder, waiting_for=None, failed=None):
+def _start_http(args, server, holder, waiting_for=None, problem=None, failed=None):
     """The /health, /ready, /metrics endpoints when --http is given: (Status, HTTP or None);
     (None, None) when the address cannot be bound."""
     from kdns import http, metrics
 
-    status = http.Status(lambda: holder.current, waiting_for, failed)
+    status = http.Status(lambda: holder.current, waiting_for, problem, failed)
     if not args.http:
         return status, None
     metrics.register(metrics.QueryCollector(server.stats, lambda: holder.current, status.ready,
-                                            server.cache_entries))
+                                            server.cache_entries, server.cache_cells))
     metrics.register(metrics.TCPCollector(
         lambda: server.tcp.connections() if server.tcp is not None else 0,
         lambda: dict(server.tcp.closed_by_limit) if server.tcp is not None else {}))

@@ -31,6 +31,13 @@ def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
     elif text.count(":") == 1:
         host, p = text.split(":")
         port = _port(p, text)
+    elif ":" in text:
+        # '::1:5353' is itself a valid IPv6 address (port 53), and almost never what was meant.
+        head, _, tail = text.rpartition(":")
+        if tail.isdigit() and _is_ip(head):
+            raise ConfigError(f"{text!r}: an IPv6 address with a port needs brackets: write "
+                              f"[{head}]:{tail} for port {tail} (or [{text}] for that address, port "
+                              f"{default_port})")
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -38,6 +45,14 @@ def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
             raise ConfigError(f"{text!r}: {host!r} is not an IP address") from None
         host = "127.0.0.1"
     return host, port
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def format_hostport(host: str, port: int) -> str:
@@ -93,7 +108,7 @@ class Config:
     fallthrough: tuple[str, ...] = REVERSE_ZONES
     # TCP against slow clients (kdns.tcp): a whole message within tcp_message_timeout of its
     # first byte, a connection closed after tcp_idle_timeout with nothing in flight.
-    tcp_idle_timeout: float = 10.0
+    tcp_idle_timeout: float = 15.0
     tcp_message_timeout: float = 3.0
     tcp_max_connections: int = 256
     tcp_max_per_client: int = 32
@@ -103,11 +118,11 @@ class Config:
                             ("--tcp-message-timeout", self.tcp_message_timeout)):
             if not 0 < value <= 3600:
                 raise ConfigError(f"{flag} {value:g}: must be more than 0 and at most 3600 seconds")
-        if not 1 <= self.tcp_max_connections <= 1_000_000:
-            raise ConfigError(f"--tcp-max-connections {self.tcp_max_connections}: must be 1-1000000")
+        if not 1 <= self.tcp_max_connections <= 65535:
+            raise ConfigError(f"--tcp-connections {self.tcp_max_connections}: must be 1-65535")
         if not 1 <= self.tcp_max_per_client <= self.tcp_max_connections:
             raise ConfigError(f"--tcp-max-per-client {self.tcp_max_per_client}: must be 1 to "
-                              f"--tcp-max-connections ({self.tcp_max_connections})")
+                              f"--tcp-connections ({self.tcp_max_connections})")
         if not 1 <= self.udp_batch <= 1024:
             raise ConfigError(f"--udp-batch {self.udp_batch}: must be 1-1024")
         if not 0 <= self.ttl <= 3600:

@@ -29,7 +29,7 @@ from time import perf_counter
 
 from kdns import answer as ans
 from kdns import mmsg, rewrite, sockets, tcp, wire
-from kdns.metrics import COMPUTED, HITS, QueryStats
+from kdns.metrics import QueryStats
 from kdns.badinput import BadInputLog
 from kdns.packetcache import PacketCache, evict_oldest, rotated
 from kdns.snapshot import Holder, Snapshot
@@ -67,6 +67,7 @@ class Server:
             max(1, MAX_PENDING_FORWARDS if max_forwards is None else max_forwards))
         self._stopping = threading.Event()
         self.stats = QueryStats()
+        self._listeners: dict = {}              # socket -> its kdns.metrics.Listener
         self.bad = BadInputLog(log)
 
     # ------------------------------------------------------------------ lifecycle
@@ -74,6 +75,9 @@ class Server:
         """Open every socket (UDP and TCP per listen address); returns the bound addresses.
         A sockets.ListenError says which address failed and what to do."""
         self._udp, self._tcp, bound = sockets.open_listeners(self.listen)
+        for udp, (host, port) in zip(self._udp, bound):
+            self._listeners[udp] = self.stats.listen("udp", host, port)
+            self.stats.listen("tcp", host, port)
         return bound
 
     def start(self) -> None:
@@ -104,12 +108,17 @@ class Server:
     def cache_entries(self) -> int:
         return len(self.cache.entries)
 
+    def cache_cells(self) -> list:
+        return [entry[1] for entry in list(self.cache.entries.values())]
+
     # ------------------------------------------------------------------ UDP
     def _udp_loop(self, sock: socket.socket) -> None:
         """One recvfrom and one sendto per query: the portable loop (and --udp-batch 1)."""
         recvfrom, sendto, holder = sock.recvfrom, sock.sendto, self.holder
         cache = self.cache
         gen, lookup = None, cache.entries.get
+        listener = self.stats.enter(self._listeners[sock])
+        hits = listener.hit
         while True:
             try:
                 data, addr = recvfrom(4096)
@@ -117,13 +126,14 @@ class Server:
                 if self._stopping.is_set():
                     return
                 continue
+            start = perf_counter()
             snap = holder.current
             if snap is not gen:
                 cache.sync(snap)                 # drop what the new snapshot changed
                 gen = snap
             hit = lookup(data[2:])
             if hit is not None:
-                hit[1][HITS] += 1                # [response after the ID, stats cell, deps, rotation]
+                hit[1][hits] += 1                # [response after the ID, stats cell, deps, rotation]
                 packet = data[:2] + (hit[0] if hit[3] is None else rotated(hit))
             else:
                 packet = self._udp_miss(sock, data, snap, lambda a=addr: a)
@@ -133,6 +143,7 @@ class Server:
                 sendto(packet, addr)
             except OSError:
                 pass
+            listener.one(start)
 
     def _udp_batch_loop(self, sock: socket.socket) -> None:
         """The same as _udp_loop, up to --udp-batch queries per recvmmsg and answers per
@@ -141,7 +152,8 @@ class Server:
         (dropped, or forwarded and answered later from a worker) splits the sendmmsg run."""
         batch = mmsg.Batch(sock, self.batch)
         view, lengths, out_lengths, peer = batch.slots, batch.lengths, batch.out_lengths, batch.peer
-        recv, send, slot, hits = batch.recv, batch.send, mmsg.SLOT, HITS
+        listener = self.stats.enter(self._listeners[sock])
+        recv, send, slot, hits = batch.recv, batch.send, mmsg.SLOT, listener.hit
         holder, stopping = self.holder, self._stopping.is_set
         cache = self.cache
         gen, lookup = None, cache.entries.get
@@ -154,6 +166,7 @@ class Server:
                 continue
             if stopping():
                 return                           # shutdown() wakes recvmmsg with empty datagrams
+            start = perf_counter()               # the batch is timed once, for each of its queries
             snap = holder.current                # one snapshot for the whole batch
             if snap is not gen:
                 cache.sync(snap)                 # drop what the new snapshot changed
@@ -183,6 +196,7 @@ class Server:
                 out_lengths[i] = end - at
             if n > first:
                 send(first, n - first)
+            listener.done(n, start)
 
     def _udp_miss(self, sock, data: bytes, snap: Snapshot, peer) -> bytes | None:
         """A query the packet cache does not hold: a memoised forwarded reply, else the full
@@ -196,7 +210,7 @@ class Server:
             key = data[2:]
             memo = self._forward_memo.get(key)
             if memo is not None and memo[1] > forwarder.clock():
-                memo[2][COMPUTED] += 1
+                memo[2][self.stats.computed_slot()] += 1
                 return data[:2] + memo[0]
         addr = peer()
         try:
@@ -223,18 +237,18 @@ class Server:
         try:
             query = wire.decode(data)
         except wire.Drop:
-            self.stats.dropped += 1
+            self.stats.drop()
             return None
         except wire.Reject as rej:
             if rej.why:
                 self.bad.packet(rej.why)
-            self.stats.computed(rej.packet, transport)
+            self.stats.computed(rej.packet, transport, data)
             return rej.packet
         if cache is not None and query.cookie:
             # The query carried a COOKIE option: its key without it may be cached already.
             hit = cache.entries.get(query.packet_key)
             if hit is not None:
-                hit[1][HITS] += 1
+                hit[1][self.stats.current("udp").hit] += 1
                 return data[:2] + (hit[0] if hit[3] is None else rotated(hit))
         try:
             if self.rewrites:
@@ -243,7 +257,7 @@ class Server:
                 resp = ans.answer(snap, query.qname, query.qtype)
         except Exception as e:
             self.bad.exception("answering", e, query.qname)
-            return self._counted(wire.servfail(query), transport)
+            return self._counted(wire.servfail(query), transport, data)
         limit = MAX_TCP_MESSAGE if tcp else wire.udp_limit(query)
         if self.forwarder is not None and (resp.forward or resp.chase or resp.fallthrough):
             if not tcp and resp.forward:
@@ -254,13 +268,13 @@ class Server:
                     packet, until = hit
                     if len(self._forward_memo) >= self.cache_size:
                         evict_oldest(self._forward_memo)
-                    self._forward_memo[data[2:]] = (packet[2:], until, self.stats.computed(packet, "udp"))
+                    self._forward_memo[data[2:]] = (packet[2:], until, self.stats.computed(packet, "udp", data))
                     return packet
             if tcp:
-                return self._counted(self._slow(data, query, resp, limit, tcp), transport)
+                return self._counted(self._slow(data, query, resp, limit, tcp), transport, data)
             if not self._forward_slots.acquire(blocking=False):
-                return self._counted(wire.servfail(query), transport)   # shed load, never queue forever
-            self._pool.submit(self._slow_reply, data, query, resp, limit, reply)
+                return self._counted(wire.servfail(query), transport, data)   # shed load, never queue forever
+            self._pool.submit(self.stats.deferred(self._slow_reply), data, query, resp, limit, reply)
             return None
         if resp.forward:
             resp = ans.Response(ans.REFUSED, authoritative=False)   # no upstream configured
@@ -270,7 +284,7 @@ class Server:
             turn = self._turn % run
             resp.answer = resp.answer[turn:] + resp.answer[:turn]
         packet = wire.encode(query, resp, limit)
-        cell = self.stats.computed(packet, transport)
+        cell = self.stats.computed(packet, transport, data)
         self.stats.observe(perf_counter() - start)
         if cache is not None:
             rotation = None
@@ -293,8 +307,8 @@ class Server:
                 return 0
         return len(answer)
 
-    def _counted(self, packet: bytes, transport: str) -> bytes:
-        self.stats.computed(packet, transport)
+    def _counted(self, packet: bytes, transport: str, data: bytes | None = None) -> bytes:
+        self.stats.computed(packet, transport, data)
         return packet
 
     def _slow_reply(self, data, query, resp, limit, reply) -> None:
@@ -305,7 +319,7 @@ class Server:
             packet = wire.servfail(query)
         finally:
             self._forward_slots.release()
-        self.stats.computed(packet, "udp")
+        self.stats.computed(packet, "udp", data)
         reply(packet)                            # _udp_send: a failed send is dropped there
 
     def _slow(self, data: bytes, query: wire.Query, resp: ans.Response, limit: int, tcp: bool) -> bytes:
@@ -315,10 +329,16 @@ class Server:
         return self.forwarder.chase(query, resp, limit)
 
     # ------------------------------------------------------------------ TCP
-    def _tcp_respond(self, data: bytes) -> bytes | None:
-        """One message off a TCP connection (kdns.tcp owns the connections and their limits)."""
+    def _tcp_respond(self, data: bytes, local: tuple) -> bytes | None:
+        """One message off a TCP connection accepted on ``local`` (kdns.tcp owns the
+        connections and their limits; this runs on one of its workers)."""
         try:
-            return self._respond(data, self.holder.current, None, tcp=True, reply=None)
+            listener = self.stats.enter(self.stats.listener("tcp", *local))
+            start = perf_counter()
+            packet = self._respond(data, self.holder.current, None, tcp=True, reply=None)
+            if packet is not None:
+                listener.one(start)
+            return packet
         except Exception as e:
             self.bad.exception("answering a TCP query", e)
             return None

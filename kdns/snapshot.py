@@ -414,7 +414,8 @@ class Store:
         deps = self._deps
         if deps is not None:
             deps.add(SERIAL)
-            deps.update(prev.namespaces.symmetric_difference(snap.namespaces))
+            if snap.namespaces is not prev.namespaces:
+                deps.update(prev.namespaces.symmetric_difference(snap.namespaces))
             if snap.pods is not prev.pods:
                 deps.update(prev.pods.symmetric_difference(snap.pods))
             if snap.ns_records != prev.ns_records:
@@ -483,18 +484,26 @@ class Holder:
     def changes(self, since: int, upto: int) -> set | None:
         """The deps changed by every publish after version ``since`` up to ``upto``, or None
         when that cannot be told (a full reset among them, or the log no longer reaches back)."""
+        try:
+            return self._walk(reversed(self._log), since, upto)
+        except RuntimeError:            # the writer appended meanwhile: walk a copy instead
+            return self._walk(reversed(list(self._log)), since, upto)
+
+    @staticmethod
+    def _walk(newest_first, since: int, upto: int) -> set | None:
+        """Newest first, back to ``since``: a sync costs the publishes it missed, not the log."""
         out: set = set()
-        expect = since
-        for version, previous, deps in list(self._log):    # a copy: the writer may append
-            if version <= since:
-                continue
+        expect = upto
+        for version, previous, deps in newest_first:
             if version > upto:
-                break
-            if previous != expect or deps is None:
+                continue
+            if version != expect or deps is None:
                 return None
             out |= deps
-            expect = version
-        return out if expect == upto else None
+            if previous == since:
+                return out
+            expect = previous
+        return None
 
 
 def build(cluster: Cluster, config: Config, synced: bool = True) -> Snapshot:

@@ -13,8 +13,8 @@ one selector thread owns every socket and a few workers answer:
 - past ``max_per_client`` connections from one address, that client's oldest idle connection
   makes room, else the new one is closed: one host cannot take every slot.
 
-The transport knows nothing of DNS: ``respond(message) -> bytes | None`` answers one message
-(None: nothing to send). It runs on a worker, because a forwarded name may wait on an upstream
+The transport knows nothing of DNS: ``respond(message, local) -> bytes | None`` answers one
+message that came in on the listening address ``local`` (None: nothing to send). It runs on a worker, because a forwarded name may wait on an upstream
 for seconds; each connection has at most one message in flight, so answers keep their order
 and an unread backlog never grows past one message.
 """
@@ -42,18 +42,23 @@ _WARN_EVERY = 60.0               # seconds between two log lines of one kind abo
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    idle_timeout: float = 10.0       # seconds with nothing in flight before a connection is closed
+    # Seconds with nothing in flight before a connection is closed: above CoreDNS forward's 10 s
+    # connection expiry (NodeLocal DNSCache's pool), so the client, not kdns, closes an idle
+    # connection and never sends a query down one kdns is closing.
+    idle_timeout: float = 15.0
     message_timeout: float = 3.0     # seconds for one whole length-prefixed message to arrive
     max_connections: int = 256
     max_per_client: int = 32
 
 
 class _Conn:
-    __slots__ = ("sock", "client", "inbuf", "outbuf", "since", "started", "busy", "events", "closed")
+    __slots__ = ("sock", "client", "local", "inbuf", "outbuf", "since", "started", "busy", "events",
+                 "closed")
 
     def __init__(self, sock: socket.socket, client: str, now: float):
         self.sock = sock
         self.client = client
+        self.local = sock.getsockname()[:2]     # which listener: the server counts per socket
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.since = now              # last progress: accepted, or the last answer fully sent
@@ -69,7 +74,7 @@ class _Conn:
 class TCPServer:
     """Serve ``respond`` on the listening ``socks`` from one background thread."""
 
-    def __init__(self, socks: list[socket.socket], respond: Callable[[bytes], bytes | None],
+    def __init__(self, socks: list[socket.socket], respond: Callable[[bytes, tuple], bytes | None],
                  limits: Limits = Limits()):
         self.respond = respond
         self.limits = limits
@@ -201,7 +206,7 @@ class TCPServer:
                 self._close(victim)
             if len(self._conns) >= self.limits.max_connections and not self._make_room():
                 self.closed_by_limit["max_connections"] += 1
-                self._warn("total", "%d TCP connections, all being answered (--tcp-max-connections): "
+                self._warn("total", "%d TCP connections, all being answered (--tcp-connections): "
                            "closing new ones", self.limits.max_connections)
                 sock.close()
                 continue
@@ -222,7 +227,7 @@ class TCPServer:
         if victim is None:
             return False
         self.closed_by_limit["max_connections"] += 1
-        self._warn("total", "%d TCP connections (--tcp-max-connections): closing the oldest idle "
+        self._warn("total", "%d TCP connections (--tcp-connections): closing the oldest idle "
                    "one (else the slowest to send its message) to admit a new one",
                    self.limits.max_connections)
         self._close(victim)
@@ -270,7 +275,7 @@ class TCPServer:
 
     def _answer(self, conn: _Conn, message: bytes) -> None:
         try:
-            answer = self.respond(message)
+            answer = self.respond(message, conn.local)
         except Exception:                       # noqa: BLE001 - a bad message must not kill TCP
             log.exception("internal error answering a TCP query")
             answer = None

@@ -133,7 +133,7 @@ def test_an_idle_connection_is_closed_after_the_idle_timeout():
 
 def test_past_the_cap_the_oldest_idle_connection_makes_room():
     # RFC 7766 §6.2.2: close the oldest idle connection to admit a new one, not refuse it.
-    server = kdns("--tcp-max-connections", "4", "--tcp-max-per-client", "4")
+    server = kdns("--tcp-connections", "4", "--tcp-max-per-client", "4")
     try:
         conns = []
         for i in range(4):
@@ -154,7 +154,7 @@ def test_slow_clients_holding_every_slot_do_not_deny_service():
     # 4 slots, all held by clients in the middle of a message (the slowloris of issue 13, where
     # 260 of them denied all TCP service). The message deadline is long, so only making room
     # for the newcomer can save it: the slowest message in progress is closed.
-    server = kdns("--tcp-max-connections", "4", "--tcp-max-per-client", "4",
+    server = kdns("--tcp-connections", "4", "--tcp-max-per-client", "4",
                   "--tcp-message-timeout", "60", "--tcp-idle-timeout", "60")
     try:
         half = framed(query_bytes())[:7]
@@ -175,7 +175,7 @@ def test_slow_clients_holding_every_slot_do_not_deny_service():
 
 
 def test_one_client_cannot_take_every_slot():
-    server = kdns("--tcp-max-connections", "10", "--tcp-max-per-client", "2",
+    server = kdns("--tcp-connections", "10", "--tcp-max-per-client", "2",
                   "--tcp-message-timeout", "60", "--tcp-idle-timeout", "60")
     try:
         half = framed(query_bytes())[:7]
@@ -194,7 +194,7 @@ def test_one_client_cannot_take_every_slot():
 
 
 def test_a_client_at_its_cap_reuses_its_oldest_idle_slot():
-    server = kdns("--tcp-max-connections", "10", "--tcp-max-per-client", "2")
+    server = kdns("--tcp-connections", "10", "--tcp-max-per-client", "2")
     try:
         first, second = connect(server, "127.0.0.2"), connect(server, "127.0.0.2")
         assert ask(first).rcode() == dns.rcode.NOERROR
@@ -232,9 +232,9 @@ def test_a_zero_length_message_closes_the_connection(slow_deadline):
 def test_limits_are_checked_at_start():
     from test_serve import run_serve
 
-    r = run_serve("--tcp-max-connections", "4", "--tcp-max-per-client", "5")
+    r = run_serve("--tcp-connections", "4", "--tcp-max-per-client", "5")
     assert r.returncode == 2
-    assert "kdns: --tcp-max-per-client 5: must be 1 to --tcp-max-connections (4)" in r.stderr
+    assert "kdns: --tcp-max-per-client 5: must be 1 to --tcp-connections (4)" in r.stderr
     r = run_serve("--tcp-message-timeout", "0")
     assert r.returncode == 2
     assert "--tcp-message-timeout 0: must be more than 0" in r.stderr
@@ -246,7 +246,7 @@ def test_connections_closed_by_a_limit_are_counted_in_metrics():
 
     from conftest import wait_for
 
-    server = kdns("--tcp-max-connections", "10", "--tcp-max-per-client", "1",
+    server = kdns("--tcp-connections", "10", "--tcp-max-per-client", "1",
                   "--tcp-message-timeout", "60", "--http", "127.0.0.1:0")
     try:
         assert wait_for(lambda: re.search(r"http on 127\.0\.0\.1:(\d+)", server.log()))

@@ -6,6 +6,7 @@ import logging
 import threading
 from typing import Any
 
+from kdns import metrics
 from kdns.objects import Cluster
 from kdns.sources import workloads
 from kdns.sources.files import files_of, stamp as _stamp
@@ -120,6 +121,7 @@ class Watcher:
         except ManifestError as exc:
             for line in exc.problems:
                 log.error("%s", line)
+            metrics.RELOAD_FAILED.inc()
             log.error("reload failed: still serving the last good manifests")
             return
         changes = diff(self._cluster, cluster) if self._cluster is not None else None
