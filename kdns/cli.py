@@ -96,9 +96,9 @@ def add_tcp_args(p: argparse.ArgumentParser) -> None:
                    default=256, metavar="N",
                    help="TCP connections in all; past it the oldest idle one is closed to admit a "
                         "new one (default 256; NodeLocal DNSCache: about 4 x nodes / replicas)")
-    p.add_argument("--tcp-max-per-client", type=int, default=32, metavar="N",
+    p.add_argument("--tcp-max-per-client", type=int, default=None, metavar="N",
                    help="TCP connections from one address; past it that client's oldest idle one "
-                        "is closed, else the new one (default 32)")
+                        "is closed, else the new one (default 32, at most --tcp-connections)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,7 +217,8 @@ def _config(args) -> Config:
                   tcp_idle_timeout=args.tcp_idle_timeout,
                   tcp_message_timeout=args.tcp_message_timeout,
                   tcp_max_connections=args.tcp_connections,
-                  tcp_max_per_client=args.tcp_max_per_client)
+                  tcp_max_per_client=args.tcp_max_per_client if args.tcp_max_per_client is not None
+                  else min(32, args.tcp_connections))
 
 
 def _load_manifests(paths, service_cidr, sink, interval, derive=None, labels=None):

@@ -85,7 +85,8 @@ class Server:
         for sock in self._udp:
             self._spawn(loop, sock, f"kdns-udp-{sock.getsockname()[1]}")
         if self._tcp:
-            self.tcp = tcp.TCPServer(self._tcp, self._tcp_respond, self.tcp_limits)
+            self.tcp = tcp.TCPServer(self._tcp, lambda data, local, peer: self._tcp_respond(data, local, peer),
+                                     self.tcp_limits)
             self.tcp.start()
 
     def _spawn(self, target, sock, name) -> None:
@@ -329,7 +330,7 @@ class Server:
         return self.forwarder.chase(query, resp, limit)
 
     # ------------------------------------------------------------------ TCP
-    def _tcp_respond(self, data: bytes, local: tuple) -> bytes | None:
+    def _tcp_respond(self, data: bytes, local: tuple, peer: tuple) -> bytes | None:
         """One message off a TCP connection accepted on ``local`` (kdns.tcp owns the
         connections and their limits; this runs on one of its workers)."""
         try:

@@ -13,8 +13,8 @@ one selector thread owns every socket and a few workers answer:
 - past ``max_per_client`` connections from one address, that client's oldest idle connection
   makes room, else the new one is closed: one host cannot take every slot.
 
-The transport knows nothing of DNS: ``respond(message, local) -> bytes | None`` answers one
-message that came in on the listening address ``local`` (None: nothing to send). It runs on a worker, because a forwarded name may wait on an upstream
+The transport knows nothing of DNS: ``respond(message, local, peer) -> bytes | None`` answers
+one message from ``peer`` that came in on the listening address ``local`` (None: nothing to send). It runs on a worker, because a forwarded name may wait on an upstream
 for seconds; each connection has at most one message in flight, so answers keep their order
 and an unread backlog never grows past one message.
 """
@@ -52,12 +52,13 @@ class Limits:
 
 
 class _Conn:
-    __slots__ = ("sock", "client", "local", "inbuf", "outbuf", "since", "started", "busy", "events",
+    __slots__ = ("sock", "client", "peer", "local", "inbuf", "outbuf", "since", "started", "busy", "events",
                  "closed")
 
-    def __init__(self, sock: socket.socket, client: str, now: float):
+    def __init__(self, sock: socket.socket, peer: tuple, now: float):
         self.sock = sock
-        self.client = client
+        self.peer = peer[:2]
+        self.client = peer[0]
         self.local = sock.getsockname()[:2]     # which listener: the server counts per socket
         self.inbuf = bytearray()
         self.outbuf = bytearray()
@@ -74,7 +75,7 @@ class _Conn:
 class TCPServer:
     """Serve ``respond`` on the listening ``socks`` from one background thread."""
 
-    def __init__(self, socks: list[socket.socket], respond: Callable[[bytes, tuple], bytes | None],
+    def __init__(self, socks: list[socket.socket], respond: Callable[[bytes, tuple, tuple], bytes | None],
                  limits: Limits = Limits()):
         self.respond = respond
         self.limits = limits
@@ -211,7 +212,7 @@ class TCPServer:
                 sock.close()
                 continue
             sock.setblocking(False)
-            conn = _Conn(sock, client, time.monotonic())
+            conn = _Conn(sock, addr, time.monotonic())
             self._conns[sock] = conn
             self._per_client[client] = self._per_client.get(client, 0) + 1
             self._set_events(conn, selectors.EVENT_READ)
@@ -275,7 +276,7 @@ class TCPServer:
 
     def _answer(self, conn: _Conn, message: bytes) -> None:
         try:
-            answer = self.respond(message, conn.local)
+            answer = self.respond(message, conn.local, conn.peer)
         except Exception:                       # noqa: BLE001 - a bad message must not kill TCP
             log.exception("internal error answering a TCP query")
             answer = None
