@@ -128,7 +128,7 @@ def test_a_watcher_that_dies_turns_ready_to_503_and_says_so(shop, caplog):
     sink = DyingSink()
     watcher, cluster = reload.Watcher.loaded([shop], "10.96.0.0/12", sink, 0.05)
     sink.store.reset(cluster, True)
-    status = http.Status(lambda: sink.store.holder.current, None, watcher.failed)
+    status = http.Status(lambda: sink.store.holder.current, None, failed=watcher.failed)
     web = http.HTTP(("127.0.0.1", 0), status, CollectorRegistry())
     _, port = web.start()
     try:

@@ -24,7 +24,7 @@ def test_a_watch_thread_that_dies_turns_ready_to_503_and_is_logged(api, run, cap
     sink = DyingSink()
     src = run(sink)
     synced = types.SimpleNamespace(synced=True)
-    status = http.Status(lambda: synced, src.waiting_for, src.failed)
+    status = http.Status(lambda: synced, src.waiting_for, failed=src.failed)
     assert status.not_ready() is None
     api.create(service("prod", "new", "10.96.0.99"))
     assert wait_for(lambda: src.failed() is not None, WAIT)
