@@ -16,7 +16,7 @@ from kdns import __version__, compare, envcli, explaincli, logs, serveargs
 from kdns.config import (Config, ConfigError, add_source_args, format_hostport, normalize_zone,
                          parse_hostport, uses_api)
 from kdns.forward import ForwardConfigError
-from kdns.sources import manifests
+from kdns.sources import manifests, reload
 
 log = logging.getLogger("kdns")
 
@@ -134,6 +134,23 @@ def add_forward_args(p: argparse.ArgumentParser) -> None:
     serveargs.add_pending_args(p)
 
 
+def add_tcp_args(p: argparse.ArgumentParser) -> None:
+    """What one TCP client may hold (kdns.tcp; README "Limits")."""
+    p.add_argument("--tcp-idle-timeout", type=float, default=15.0, metavar="SECONDS",
+                   help="close a TCP connection with no query in flight after this long (default "
+                        "15: above CoreDNS forward's 10 s pool expiry, so NodeLocal DNSCache closes first)")
+    p.add_argument("--tcp-message-timeout", type=float, default=3.0, metavar="SECONDS",
+                   help="a whole length-prefixed TCP message must arrive within this long of its "
+                        "first byte, or the connection is closed (default 3)")
+    p.add_argument("--tcp-connections", "--tcp-max-connections", dest="tcp_connections", type=int,
+                   default=256, metavar="N",
+                   help="TCP connections in all; past it the oldest idle one is closed to admit a "
+                        "new one (default 256; NodeLocal DNSCache: about 4 x nodes / replicas)")
+    p.add_argument("--tcp-max-per-client", type=int, default=None, metavar="N",
+                   help="TCP connections from one address; past it that client's oldest idle one "
+                        "is closed, else the new one (default 32, at most --tcp-connections)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdns", description="Cluster DNS for Kubernetes Service discovery")
     parser.add_argument("--version", action="version", version=f"kdns {__version__}")
@@ -163,9 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-size", type=int, default=20000, metavar="N",
                    help="entries in the packet cache and, separately, in the forwarding cache "
                         "(default 20000)")
-    s.add_argument("--tcp-connections", type=int, default=256, metavar="N",
-                   help="open TCP connections served at once, one thread each; more are closed "
-                        "at once (default 256; NodeLocal DNSCache: about 4 x nodes / replicas)")
     s.add_argument("--udp-batch", type=int, default=64, metavar="N",
                    help="UDP datagrams per recvmmsg/sendmmsg call (default 64); 1 = one "
                         "recvfrom/sendto per query, the loop used where recvmmsg is missing")
@@ -175,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "EndpointSlice order)")
     serveargs.add_cluster_args(s)
     serveargs.add_records_args(s)
+    add_tcp_args(s)
     add_forward_args(s)
     s.add_argument("--reload", type=float, default=2.0, metavar="SECONDS",
                    help="poll manifests and --hosts for changes this often; 0 disables (default 2)")
@@ -248,16 +263,19 @@ def _config(args) -> Config:
                   udp_batch=args.udp_batch, loadbalance=args.loadbalance,
                   extra_zones=tuple(normalize_zone(z, "--zone") for z in args.zone),
                   namespaces=namespaces, ignore_empty_service=args.ignore_empty_service,
-                  noendpoints=args.noendpoints, fallthrough=fallthrough)
+                  noendpoints=args.noendpoints, fallthrough=fallthrough,
+                  tcp_idle_timeout=args.tcp_idle_timeout,
+                  tcp_message_timeout=args.tcp_message_timeout,
+                  tcp_max_connections=args.tcp_connections,
+                  tcp_max_per_client=args.tcp_max_per_client if args.tcp_max_per_client is not None
+                  else min(32, args.tcp_connections))
 
 
-def _load_manifests(paths, service_cidr, sink, reload, derive=None, labels=None):
-    """The manifests, and the Watcher that reloads them (None with --reload 0)."""
+def _load_manifests(paths, service_cidr, sink, interval, derive=None, labels=None):
+    """The manifests, and the Watcher that reloads them (on SIGHUP only, with --reload 0)."""
     derive = derive or manifests.workloads.Options()
     try:
-        if reload > 0:
-            return manifests.Watcher.loaded(paths, service_cidr, sink, reload, derive, labels)
-        return None, manifests.load(paths, service_cidr, derive=derive, labels=labels)
+        return reload.Watcher.loaded(paths, service_cidr, sink, interval, derive, labels)
     except manifests.ManifestError as exc:
         for line in exc.problems:
             print(f"kdns: {line}", file=sys.stderr)
@@ -326,7 +344,9 @@ SWITCH_INTERVAL = 0.0005     # seconds; CPython's default is 0.005 (see serve)
 
 
 def serve(args) -> int:
+    from kdns import tcp
     from kdns.server import Server
+    from kdns.sockets import ListenError
     from kdns.snapshot import Store
 
     # The UDP loop gives up the GIL at every recvmmsg/sendmmsg; a watch thread decoding a burst
@@ -358,15 +378,40 @@ def serve(args) -> int:
                 print(f"kdns: {line}", file=sys.stderr)
             return 2
     # Handlers first: a SIGTERM that arrives while starting up still means a clean exit 0.
+    # A handler only appends to a list; pump() acts on it from _wait's slices on the main
+    # thread. A handler that took a lock (Event.set, logging) can interrupt its own thread while
+    # it holds that very lock: two SIGHUPs in a row deadlocked kdns that way.
     stop, again = threading.Event(), threading.Event()
     signals: list[int] = []
+    pending: list[int] = []
 
-    def on_signal(signum, _frame):
-        signals.append(signum)
-        (stop if len(signals) == 1 else again).set()
+    source = watcher = None
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    def on_any(signum, _frame):
+        pending.append(signum)
+
+    def pump() -> None:
+        while pending:
+            signum = pending.pop(0)
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                signals.append(signum)
+                (stop if len(signals) == 1 else again).set()
+            elif signum == signal.SIGHUP:
+                # "Re-read your configuration" by convention, and what a closing terminal
+                # sends: never a reason to stop serving.
+                if watcher is not None:
+                    log.info("SIGHUP: re-reading the manifests")
+                    watcher.trigger()
+                else:
+                    log.info("SIGHUP: nothing to re-read (the API is watched, not read once)")
+            elif signum == signal.SIGUSR1:
+                log.info("SIGUSR1: serving snapshot %d (%d services), %d TCP connections",
+                         store.holder.current.version, len(store.cluster.services),
+                         server.tcp.connections() if server is not None and server.tcp is not None else 0)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(sig, on_any)
+    server = None
     try:
         derive = manifests.workloads.Options.from_args(args)
     except ValueError as exc:
@@ -375,7 +420,7 @@ def serve(args) -> int:
     store = Store(config)
     if hosts is not None:
         store.set_hosts(hosts)
-    source = watcher = hosts_watcher = None
+    hosts_watcher = None
     if args.hosts and args.reload > 0:
         from kdns import hosts as hostsfile
         hosts_watcher = hostsfile.Watcher(args.hosts, tuple(args.hosts_entry), store.set_hosts,
@@ -411,16 +456,17 @@ def serve(args) -> int:
         store.reset(cluster, synced=True)
         del cluster
         _settle_memory()
-    if not 1 <= args.tcp_connections <= 65535:
-        print(f"kdns: --tcp-connections {args.tcp_connections}: must be 1-65535", file=sys.stderr)
-        return 2
+    limits = tcp.Limits(idle_timeout=config.tcp_idle_timeout,
+                        message_timeout=config.tcp_message_timeout,
+                        max_connections=config.tcp_max_connections,
+                        max_per_client=config.tcp_max_per_client)
     server = Server(store.holder, config.listen, config.cache_size, batch=config.udp_batch,
                     loadbalance=config.loadbalance, rewrites=rewrites,
-                    tcp_connections=args.tcp_connections)
+                    tcp_limits=limits)
     try:
         bound = server.bind()
-    except OSError as exc:
-        print(f"kdns: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+    except ListenError as exc:
+        print(f"kdns: {exc.strerror}", file=sys.stderr)
         return 1
     if args.log_queries:
         from kdns import querylog
@@ -432,7 +478,9 @@ def serve(args) -> int:
         server.close()
         return 2
     status, web = _start_http(args, server, store.holder, source.waiting_for if source else None,
-                              source.problem if source else None)
+                              source.problem if source else None,
+                              lambda: (source.failed() if source else None)
+                              or (watcher.failed() if watcher else None))
     if status is None:
         server.close()
         return 1
@@ -460,7 +508,7 @@ def serve(args) -> int:
         # Like CoreDNS's loop plugin: a forwarding loop is fatal, loudly, rather than a slow
         # storm of queries circling until every client times out.
         server.forwarder.start_loop_probe(lambda msg: (looped.append(msg), stop.set()))
-    _wait(stop)
+    _wait(stop, pump=pump)
     if looped:
         print(f"kdns: {looped[0]}", file=sys.stderr)
         if source is not None:
@@ -469,7 +517,10 @@ def serve(args) -> int:
             web.close()
         server.close()
         return 1
-    _lameduck(status, args.lameduck, again)
+    # Ctrl-C on a kdns run by hand: no Service routes to it (no --http, no probes), so a
+    # lameduck would only keep the terminal waiting.
+    interactive = signals[:1] == [signal.SIGINT] and not args.http
+    _lameduck(status, 0 if interactive else args.lameduck, again, pump)
     if hosts_watcher:
         hosts_watcher.stop()
     if watcher:
@@ -483,16 +534,19 @@ def serve(args) -> int:
     return 0
 
 
-def _start_http(args, server, holder, waiting_for=None, problem=None):
+def _start_http(args, server, holder, waiting_for=None, problem=None, failed=None):
     """The /health, /ready, /metrics endpoints when --http is given: (Status, HTTP or None);
     (None, None) when the address cannot be bound."""
     from kdns import http, metrics
 
-    status = http.Status(lambda: holder.current, waiting_for, problem)
+    status = http.Status(lambda: holder.current, waiting_for, problem, failed)
     if not args.http:
         return status, None
     metrics.register(metrics.QueryCollector(server.stats, lambda: holder.current, status.ready,
                                             server.cache_entries, server.cache_cells))
+    metrics.register(metrics.TCPCollector(
+        lambda: server.tcp.connections() if server.tcp is not None else 0,
+        lambda: dict(server.tcp.closed_by_limit) if server.tcp is not None else {}))
     webs = _Webs()
     # The same address twice is one server (health and ready on one port); port 0 is a new one.
     for address in [a for i, a in enumerate(args.http) if a[1] == 0 or a not in args.http[:i]]:
@@ -517,21 +571,26 @@ class _Webs(list):
             web.close()
 
 
-def _lameduck(status, seconds: float, again: threading.Event) -> None:
+def _lameduck(status, seconds: float, again: threading.Event, pump=None) -> None:
     """/ready goes 503 at once; DNS keeps answering while the endpoint removal reaches every
     kube-proxy, so no client is sent to a server that has already gone (CoreDNS health lameduck)."""
     status.lameduck = True
     if seconds > 0:
         log.info("lameduck: not ready, still answering for %gs (signal again to stop now)", seconds)
-        _wait(again, seconds)
+        _wait(again, seconds, pump)
 
 
-def _wait(event: threading.Event, seconds: float | None = None) -> None:
-    """Wait for a signal-set event in short slices. The kernel may deliver SIGTERM to any thread
-    (a UDP loop in recvfrom, say); Python then runs the handler only when the main thread next
-    runs bytecode, which an untimed wait never does, so a plain ``event.wait()`` can miss it."""
+def _wait(event: threading.Event, seconds: float | None = None, pump=None) -> None:
+    """Wait for a signal-set event in short slices, acting on signals (``pump``) between them.
+    The kernel may deliver SIGTERM to any thread (a UDP loop in recvfrom, say); Python then runs
+    the handler only when the main thread next runs bytecode, which an untimed wait never does,
+    so a plain ``event.wait()`` can miss it."""
     deadline = None if seconds is None else time.monotonic() + seconds
-    while not event.is_set():
+    while True:
+        if pump is not None:
+            pump()
+        if event.is_set():
+            return
         left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
         if left <= 0:
             return

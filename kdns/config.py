@@ -106,8 +106,23 @@ class Config:
     # Zones (lower case, no trailing dot; "" = every zone) whose NXDOMAIN goes on to the
     # forwarder, as CoreDNS's fallthrough. kubeadm's Corefile falls through the reverse zones.
     fallthrough: tuple[str, ...] = REVERSE_ZONES
+    # TCP against slow clients (kdns.tcp): a whole message within tcp_message_timeout of its
+    # first byte, a connection closed after tcp_idle_timeout with nothing in flight.
+    tcp_idle_timeout: float = 15.0
+    tcp_message_timeout: float = 3.0
+    tcp_max_connections: int = 256
+    tcp_max_per_client: int = 32
 
     def __post_init__(self) -> None:
+        for flag, value in (("--tcp-idle-timeout", self.tcp_idle_timeout),
+                            ("--tcp-message-timeout", self.tcp_message_timeout)):
+            if not 0 < value <= 3600:
+                raise ConfigError(f"{flag} {value:g}: must be more than 0 and at most 3600 seconds")
+        if not 1 <= self.tcp_max_connections <= 65535:
+            raise ConfigError(f"--tcp-connections {self.tcp_max_connections}: must be 1-65535")
+        if not 1 <= self.tcp_max_per_client <= self.tcp_max_connections:
+            raise ConfigError(f"--tcp-max-per-client {self.tcp_max_per_client}: must be 1 to "
+                              f"--tcp-connections ({self.tcp_max_connections})")
         if not 1 <= self.udp_batch <= 1024:
             raise ConfigError(f"--udp-batch {self.udp_batch}: must be 1-1024")
         if not 0 <= self.ttl <= 3600:

@@ -21,13 +21,16 @@ log = logging.getLogger("kdns.http")
 class Status:
     """What /ready reports: the served snapshot's sync state, and whether we are shutting down."""
 
-    def __init__(self, snapshot, waiting_for=None, problem=None):
+    def __init__(self, snapshot, waiting_for=None, problem=None, failed=None):
         self.snapshot = snapshot            # () -> the current Snapshot
         # () -> why the source, though serving, must not take traffic (a missing permission)
         self.problem = problem
         # () -> what the source still waits for, e.g. "endpointslices, namespaces" (optional;
         # the API source can say which kinds are not listed yet).
         self.waiting_for = waiting_for
+        # () -> why the source stopped updating (a watcher or watch thread that died), or None:
+        # the data would only grow stale from there, so this server must leave the rotation.
+        self.failed = failed
         self.lameduck = False
 
     def not_ready(self) -> str | None:
@@ -37,6 +40,9 @@ class Status:
         problem = self.problem() if self.problem else None
         if problem:
             return f"not ready: {problem}"
+        broken = self.failed() if self.failed else None
+        if broken:
+            return f"not updating: {broken}"
         if not self.snapshot().synced:
             detail = self.waiting_for() if self.waiting_for else ""
             return "not synced: waiting for the first full listing of the Kubernetes API" + \

@@ -437,5 +437,24 @@ def _build_info() -> None:
 _build_info()
 
 
+class TCPCollector:
+    """kdns.tcp's connection table at scrape time: open connections, and those closed by a
+    limit (a slow drip, an idle client, a full table, one client's cap)."""
+
+    def __init__(self, connections, closed):
+        self.connections = connections      # () -> int
+        self.closed = closed                # () -> {limit: count}
+
+    def collect(self):
+        yield GaugeMetricFamily("kdns_tcp_connections", "TCP connections open now",
+                                value=self.connections())
+        closed = CounterMetricFamily("kdns_tcp_closed_by_limit", "TCP connections closed by a limit "
+                                     "(message_timeout, idle_timeout, max_connections, "
+                                     "max_per_client, bad_length)", labels=["limit"])
+        for limit, count in sorted(self.closed().items()):
+            closed.add_metric([limit], count)
+        yield closed
+
+
 def register(collector) -> None:
     REGISTRY.register(collector)

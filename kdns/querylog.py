@@ -234,4 +234,15 @@ def install(server, fmt: str = "text") -> None:
         server._listeners[proxy] = server._listeners[sock]
         wrapped.append(proxy)
     server._udp = wrapped
-    server._tcp = [TCPListener(sock) for sock in server._tcp]
+    # TCP: kdns.tcp hands each whole message to the server's _tcp_respond on a worker, with
+    # the client's address; the answer is logged there, beside the query it answers.
+    respond = server._tcp_respond
+
+    def logged(data: bytes, local, peer):
+        start = perf_counter()
+        packet = respond(data, local, peer)
+        if packet is not None:
+            emit(peer, data, packet, "tcp", start)
+        return packet
+
+    server._tcp_respond = logged

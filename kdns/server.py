@@ -1,4 +1,4 @@
-"""UDP and TCP transport, and the hot path.
+"""The UDP transport and the hot path (TCP connections are kdns.tcp's; it hands us messages).
 
 The hot path is a packet cache (kdns.packetcache): the key is the query after its 2-byte ID
 (flags, question as sent, EDNS), the value is the response after its ID. An entry lives as long
@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import logging
 import socket
-import struct
 import threading
 from time import perf_counter
 
 from kdns import answer as ans
-from kdns import mmsg, rewrite, wire
+from kdns import mmsg, rewrite, sockets, tcp, wire
 from kdns.metrics import QueryStats
 from kdns.badinput import BadInputLog
 from kdns.packetcache import PacketCache, evict_oldest, rotated
@@ -38,11 +37,6 @@ from kdns.snapshot import Holder, Snapshot
 
 log = logging.getLogger("kdns.server")
 
-# Seconds a TCP client may sit idle between queries (RFC 7766 §6.2.3): above CoreDNS forward's
-# 10 s connection expiry (NodeLocal DNSCache's pool), so the client, not kdns, closes an idle
-# connection and never sends a query down one kdns is closing.
-TCP_IDLE_TIMEOUT = 15.0
-TCP_MAX_CONNECTIONS = 256      # default --tcp-connections: beyond it, new connections are closed at once
 MAX_TCP_MESSAGE = 65535
 
 
@@ -50,8 +44,10 @@ class Server:
     def __init__(self, holder: Holder, listen: tuple[tuple[str, int], ...], cache_size: int = 20000,
                  forwarder=None, batch: int = 64, loadbalance: bool = True,
                  rewrites: rewrite.Rules = rewrite.Rules(),
-                 tcp_connections: int = TCP_MAX_CONNECTIONS):
+                 tcp_limits: tcp.Limits = tcp.Limits()):
         self.holder = holder
+        self.tcp_limits = tcp_limits
+        self.tcp: tcp.TCPServer | None = None
         self.batch = batch        # datagrams per recvmmsg/sendmmsg (Config checks 1-1024); 1 = recvfrom
         self.listen = listen
         self.cache_size = max(1, cache_size)
@@ -64,7 +60,6 @@ class Server:
         self._udp: list[socket.socket] = []
         self._tcp: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
-        self._tcp_slots = threading.BoundedSemaphore(tcp_connections)
         self._stopping = threading.Event()
         self.stats = QueryStats()
         self._listeners: dict = {}              # socket -> its kdns.metrics.Listener
@@ -72,35 +67,22 @@ class Server:
 
     # ------------------------------------------------------------------ lifecycle
     def bind(self) -> list[tuple[str, int]]:
-        """Open every socket (UDP and TCP per listen address); returns the bound addresses."""
-        bound = []
-        for host, port in self.listen:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            tcp = socket.socket(family, socket.SOCK_STREAM)
-            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                tcp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            tcp.bind((host, port))
-            port = tcp.getsockname()[1]          # port 0: UDP takes the same number as TCP
-            udp = socket.socket(family, socket.SOCK_DGRAM)
-            if family == socket.AF_INET6:
-                udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            udp.bind((host, port))
-            tcp.listen(128)
-            self._udp.append(udp)
-            self._tcp.append(tcp)
+        """Open every socket (UDP and TCP per listen address); returns the bound addresses.
+        A sockets.ListenError says which address failed and what to do."""
+        self._udp, self._tcp, bound = sockets.open_listeners(self.listen)
+        for udp, (host, port) in zip(self._udp, bound):
             self._listeners[udp] = self.stats.listen("udp", host, port)
             self.stats.listen("tcp", host, port)
-            bound.append((host, port))
         return bound
 
     def start(self) -> None:
         loop = self._udp_batch_loop if self.batch > 1 and mmsg.available() else self._udp_loop
         for sock in self._udp:
             self._spawn(loop, sock, f"kdns-udp-{sock.getsockname()[1]}")
-        for sock in self._tcp:
-            self._spawn(self._tcp_accept, sock, f"kdns-tcp-{sock.getsockname()[1]}")
+        if self._tcp:
+            self.tcp = tcp.TCPServer(self._tcp, lambda data, local, peer: self._tcp_respond(data, local, peer),
+                                     self.tcp_limits)
+            self.tcp.start()
 
     def _spawn(self, target, sock, name) -> None:
         t = threading.Thread(target=target, args=(sock,), name=name, daemon=True)
@@ -109,6 +91,8 @@ class Server:
 
     def close(self) -> None:
         self._stopping.set()
+        if self.tcp is not None:
+            self.tcp.close()
         for sock in self._udp + self._tcp:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
@@ -357,56 +341,17 @@ class Server:
         return self._counted(packet, transport, data)
 
     # ------------------------------------------------------------------ TCP
-    def _tcp_accept(self, sock: socket.socket) -> None:
-        while not self._stopping.is_set():
-            try:
-                conn, addr = sock.accept()
-            except OSError:
-                if self._stopping.is_set():
-                    return
-                continue
-            if not self._tcp_slots.acquire(blocking=False):
-                conn.close()
-                continue
-            threading.Thread(target=self._tcp_conn, args=(conn, addr), daemon=True,
-                             name="kdns-tcp-conn").start()
-
-    def _tcp_conn(self, conn: socket.socket, addr=None) -> None:
-        """RFC 7766: many queries per connection, each with a 2-byte length prefix."""
+    def _tcp_respond(self, data: bytes, local: tuple, peer: tuple) -> bytes | None:
+        """One message off a TCP connection accepted on ``local`` (kdns.tcp owns the
+        connections and their limits; this runs on one of its workers)."""
         try:
-            listener = self.stats.enter(self.stats.listener("tcp", *conn.getsockname()[:2]))
-            conn.settimeout(TCP_IDLE_TIMEOUT)
-            while not self._stopping.is_set():
-                head = _recv_exact(conn, 2)
-                if head is None:
-                    return
-                (length,) = struct.unpack("!H", head)
-                data = _recv_exact(conn, length)
-                if data is None:
-                    return
-                start = perf_counter()
-                try:
-                    packet = self._respond(data, self.holder.current, None, tcp=True, reply=None,
-                                           client=addr)
-                except Exception as e:
-                    self.bad.exception("answering a TCP query", e)
-                    packet = None
-                if packet is None:
-                    continue
-                conn.sendall(struct.pack("!H", len(packet)) + packet)
+            listener = self.stats.enter(self.stats.listener("tcp", *local))
+            start = perf_counter()
+            packet = self._respond(data, self.holder.current, None, tcp=True, reply=None,
+                                   client=peer)
+            if packet is not None:
                 listener.one(start)
-        except (OSError, socket.timeout):
-            pass
-        finally:
-            conn.close()
-            self._tcp_slots.release()
-
-
-def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
-    buf = b""
-    while len(buf) < n:
-        chunk = conn.recv(n - len(buf))
-        if not chunk:
+            return packet
+        except Exception as e:
+            self.bad.exception("answering a TCP query", e)
             return None
-        buf += chunk
-    return buf

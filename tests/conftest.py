@@ -38,9 +38,11 @@ class Kdns:
     """
 
     def __init__(self, *args: str, listen: str = "127.0.0.1:0", netns: str | None = None,
-                 env: dict | None = None, wait: bool = True):
+                 env: dict | None = None, wait: bool = True, wrap: list[str] | None = None):
         cmd = [sys.executable, "-m", "kdns", "serve", "--listen", listen, "--resolv-conf", "",
                "--lameduck", "0", *args]
+        if wrap:                          # e.g. setpriv, to run without some of root's powers
+            cmd = [*wrap, *cmd]
         if netns:
             cmd = ["ip", "netns", "exec", netns, *cmd]
         self.host = listen.rsplit(":", 1)[0].strip("[]")

@@ -260,3 +260,26 @@ def test_forwarding_row_stub_answers_blackholes_and_expires(tmp_path):
         r = servers.ask(spec.port, "anything.example.", "AAAA")
         assert r.rcode() == 0 and not r.answer
         assert servers.ask(spec.port, f"r1.{forwarding.BLACKHOLE}", "A", timeout=0.3) is None
+
+
+def test_fuzz_report_runs_small_and_kdns_survives(tmp_path):
+    """The fuzz report at 3,000 datagrams: kdns keeps running and answering the canary, and
+    every reply is a DNS message carrying an ID that was asked."""
+    from kdns.bench import fuzz
+
+    r = fuzz.run(3000, tmp_path, seed=3, canary_every=500, services=50)
+    assert r["alive"]
+    assert r["canary_failed"] == 0 and r["canary_ok"] == 6
+    assert r["unparsable_replies"] == 0 and r["wrong_id"] == 0
+    assert r["replies"] + r["unanswered"] == 3000
+    assert {"FORMERR", "NOERROR"} <= set(r["rcodes"])
+    assert "canary answered 6/6" in fuzz.lines(r)
+
+
+def test_slowloris_report_runs_small(tmp_path):
+    from kdns.bench import slowloris
+
+    r = slowloris.run(10, tmp_path, seconds=1.5)
+    assert r["alive"] and r["opened"] == 10
+    assert r["client_ok"] >= 1 and r["client_failed"] == 0
+    assert "dripping connections" in slowloris.lines(r)

@@ -14,7 +14,7 @@ import pytest
 from kdns import answer as ans
 from kdns.config import Config
 from kdns.snapshot import Store
-from kdns.sources import manifests
+from kdns.sources import manifests, reload
 
 
 def service(name: str, ip: str, ns: str = "shop") -> str:
@@ -69,7 +69,7 @@ def cluster_dir(tmp_path):
 @pytest.fixture
 def watched(cluster_dir):
     sink = Recording(Store(Config()))
-    watcher, cluster = manifests.Watcher.loaded([cluster_dir], "10.96.0.0/12", sink, interval=60)
+    watcher, cluster = reload.Watcher.loaded([cluster_dir], "10.96.0.0/12", sink, interval=60)
     sink.store.reset(cluster, True)
     return watcher, sink
 
@@ -147,7 +147,7 @@ def test_diff_orders_namespaces_first_and_deletions_last():
     gone = manifests.objects.Namespace("gone")
     old.namespaces["gone"] = gone
     new.namespaces["fresh"] = manifests.objects.Namespace("fresh")
-    assert manifests.diff(old, new) == [("ADDED", new.namespaces["fresh"]), ("DELETED", gone)]
+    assert reload.diff(old, new) == [("ADDED", new.namespaces["fresh"]), ("DELETED", gone)]
 
 
 # ---------------------------------------------------------------- worker processes

@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from kdns.bench import check, cluster as gen, cpu, dnsperf, forwarding, live, report, servers, watch, workloads
+from kdns.bench import (check, cluster as gen, cpu, dnsperf, forwarding, fuzz, live, report, servers,
+                        slowloris, watch, workloads)
 from kdns.bench.servers import Running, Unavailable
 
 SERVERS = ("kdns", "kdns-nocache", "dnsmasq-a", "dnsmasq-srv", "unbound", "knot", "ceiling")
@@ -69,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="workload (d): EndpointSlice changes per second (default 0,10,100,1000)")
     p.add_argument("--churn-hot", type=int, default=200, metavar="N",
                    help="workload (d): hot services asked for (A) while the others change (default 200)")
+    p.add_argument("--fuzz", type=int, default=200_000, metavar="N",
+                   help="mutated UDP datagrams for the fuzz report (in and out of zone, a canary "
+                        "query between windows; default 200000); 0 skips")
+    p.add_argument("--slowloris", type=int, default=260, metavar="N",
+                   help="dripping TCP connections for the slowloris report (default 260); 0 skips")
+    p.add_argument("--fuzz-only", action="store_true",
+                   help="run only the hostile-client reports, fuzz and slowloris (no dnsperf, no peers)")
     p.add_argument("--change-timeout", type=float, default=300.0,
                    help="longest wait for a manifest change to show in answers (seconds)")
     p.add_argument("--forward-duration", type=float, default=5.0, metavar="SECONDS",
@@ -97,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         args.watch_services = args.services
     if args.latency_duration is None:
         args.latency_duration = max(1.0, round(args.duration / 3, 1))
+    if args.fuzz_only:
+        return _fuzz_only(args)
     try:
         dnsperf.binary()
         model = gen.generate(args.services, args.endpoints, namespaces=args.namespaces, seed=args.seed)
@@ -119,6 +129,46 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kept {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fuzz_only(args) -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="kdns-bench-"))
+    try:
+        machine = report.machine()
+        result = _fuzz(args, tmp)
+        print(f"kdns.bench {machine['date']}: {machine['cpus']} CPUs ({machine['cpu']}), "
+              f"Linux {machine['kernel']}, Python {machine['python']}; load before run {machine['load']}")
+        print("\nkdns fuzz (mutated UDP datagrams, in and out of zone):")
+        print(fuzz.lines(result) if "error" not in result else f"  {result['error']}")
+        loris = _slowloris(args, tmp)
+        if loris is not None:
+            print("\nkdns slowloris (TCP):")
+            print(slowloris.lines(loris) if "error" not in loris else f"  {loris['error']}")
+        if args.json:
+            args.json.write_text(json.dumps({"machine": machine, "fuzz": result, "slowloris": loris},
+                                            indent=2))
+        return 0 if result.get("alive") and (loris is None or loris.get("alive")) else 1
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _slowloris(args, tmp: Path) -> dict | None:
+    if args.slowloris <= 0:
+        return None
+    _say(f"kdns slowloris: {args.slowloris} dripping connections")
+    try:
+        return slowloris.run(args.slowloris, tmp, seed=args.seed)
+    except (Unavailable, OSError) as exc:
+        return {"error": str(exc)}
+
+
+def _fuzz(args, tmp: Path) -> dict:
+    _say(f"kdns fuzz: {args.fuzz:,} mutated datagrams")
+    try:
+        return fuzz.run(args.fuzz, tmp, seed=args.seed)
+    except (Unavailable, OSError) as exc:
+        return {"error": str(exc)}
 
 
 def _say(text: str) -> None:
@@ -219,6 +269,15 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
         except (Unavailable, OSError) as exc:
             forward_rows = [{"server": "stub", "error": str(exc)}]
         print("\n" + forwarding.table(forward_rows, args.flood_qps, args.flood_seconds))
+    fuzzed = None
+    if args.fuzz > 0 and "kdns" in names:
+        fuzzed = _fuzz(args, tmp)
+        print("\nkdns fuzz (mutated UDP datagrams, in and out of zone):")
+        print(fuzz.lines(fuzzed) if "error" not in fuzzed else f"  {fuzzed['error']}")
+    loris = _slowloris(args, tmp) if "kdns" in names else None
+    if loris is not None:
+        print("\nkdns slowloris (TCP):")
+        print(slowloris.lines(loris) if "error" not in loris else f"  {loris['error']}")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
                                          "cluster": {"services": len(model.services),
@@ -227,7 +286,8 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
                                                      "records": len(records)},
                                          "results": rows, "ratios": ratio_items, "memory": memory,
                                          "watch": api_source, "churn": churn,
-                                         "forwarding": forward_rows}, indent=2))
+                                         "forwarding": forward_rows, "fuzz": fuzzed,
+                                         "slowloris": loris}, indent=2))
     return 0
 
 

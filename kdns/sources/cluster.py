@@ -431,7 +431,8 @@ class ClusterSource:
     def start(self) -> None:
         self.sink.set_synced(False)
         for r in self._reflectors:
-            t = threading.Thread(target=r.run, name=f"kdns-watch-{r.kind.resource}", daemon=True)
+            t = threading.Thread(target=self._guarded, args=(r,), name=f"kdns-watch-{r.kind.resource}",
+                                 daemon=True)
             self._threads.append(t)
             t.start()
 
@@ -445,6 +446,27 @@ class ClusterSource:
         for r, t in zip(self._reflectors, self._threads):
             if not t.is_alive():
                 r.api.close()              # its connection pool; a live thread still owns it
+
+    def _guarded(self, reflector: "_Reflector") -> None:
+        """A reflector's thread: if it ever ends while kdns runs, say so (and failed() tells
+        /ready), never a silent stop of that kind's updates."""
+        try:
+            reflector.run()
+        except BaseException as exc:          # noqa: BLE001 - the thread ends here either way
+            log.critical("the watch of %s stopped: %s: %s; its changes are no longer served, "
+                         "/ready says 503", reflector.kind.resource, type(exc).__name__, exc,
+                         exc_info=not isinstance(exc, SystemExit))
+        else:
+            if not self._stop.is_set():
+                log.critical("the watch of %s stopped; its changes are no longer served, /ready "
+                             "says 503", reflector.kind.resource)
+
+    def failed(self) -> str | None:
+        """Why the API is no longer watched (for /ready), or None while every watch runs."""
+        if self._stop.is_set():
+            return None
+        dead = [r.kind.resource for r, t in zip(self._reflectors, self._threads) if not t.is_alive()]
+        return f"the watch of {', '.join(dead)} stopped (see the log)" if dead else None
 
     def waiting_for(self) -> str:
         """The kinds not fully listed yet, for /ready's reason ("" once synced)."""

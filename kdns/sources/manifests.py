@@ -18,7 +18,6 @@ import os
 import pickle
 import subprocess
 import sys
-import threading
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -26,13 +25,13 @@ from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
-from kdns import metrics, objects, selector
+from kdns import objects, selector
 from kdns.objects import Cluster, FieldError
 from kdns.sources import controllers, workloads
+from kdns.sources.files import SUFFIXES, Unreadable, files_of, stamp as _stamp  # noqa: F401
 
 log = logging.getLogger("kdns.manifests")
 
-SUFFIXES = (".yaml", ".yml", ".json")
 # libyaml's loader parses a 10,000-service dump about ten times faster than the pure-Python one.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 ALWAYS_NAMESPACES = ("default", "kube-system", "kube-public")
@@ -54,21 +53,6 @@ def default_paths() -> list[Path]:
     if checkout.is_file():
         return [checkout]
     return [Path(str(resources.files("kdns.zones").joinpath("cluster.yaml")))]
-
-
-def files_of(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[str]]:
-    out: list[Path] = []
-    problems: list[str] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
-            out.extend(found)
-        elif path.is_file():
-            out.append(path)
-        else:
-            problems.append(f"{path}: no such file or directory")
-    return out, problems
 
 
 def _documents(path: Path) -> Iterator[tuple[int, Any]]:
@@ -127,9 +111,13 @@ def _file_documents(path: Path, problems: list[str]) -> Iterator[tuple[Any, Any]
             else:
                 yield _Where(path, index, None), doc
     except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        problems.append(f"{path}: does not parse: {' '.join(str(exc).split())}")
+        problems.append(f"{path}: does not parse: {_short(' '.join(str(exc).split()))}")
+    except RecursionError:
+        problems.append(f"{path}: does not parse: nested too deeply")
+    except MemoryError:
+        problems.append(f"{path}: does not parse: too big to hold in memory")
     except OSError as exc:
-        problems.append(f"{path}: cannot read: {exc.strerror or exc}")
+        problems.append(Unreadable(path, f"{path}: cannot read: {exc.strerror or exc}"))
 
 
 class _Where:
@@ -164,15 +152,19 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
          files: dict | None = None, *, derive: workloads.Options = workloads.Options(),
          origins: dict | None = None, derived: list | None = None,
-         labels: str | None = None) -> Cluster:
+         labels: str | None = None, distinct_ips: bool = True) -> Cluster:
     """Parse manifests into a Cluster; raise ManifestError listing every problem.
 
     ``files`` (the Watcher's): path -> ((mtime, size), objects) of files that parsed cleanly;
-    a file whose stamp is unchanged is not read again, and the dict is updated in place.
+    a file whose stamp is unchanged is not read again, and the dict is updated in place. A file
+    in it that cannot be read now, or that holds no document any more (caught half-written, or
+    emptied), keeps its objects from then, with a warning: data never vanishes without a word.
     Workloads become pods and EndpointSlices (``derive``: --pod-cidr, --nodes). ``origins``,
     when given, gets (kind, namespace, name) -> "file, document N" of every object read, and
     ``derived`` the controllers.Derived (both for `kdns explain` and `kdns env --workload`).
     ``labels``: a label selector (--labels); Services it does not select are left out.
+    ``distinct_ips``: two Services with one clusterIP are a problem (as the API server's
+    allocator would have it).
     """
     cluster = Cluster()
     inputs: dict[tuple, Any] = {}
@@ -181,23 +173,48 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
     skipped: dict[str, int] = {}
     seen_ns: set[str] = set(ALWAYS_NAMESPACES)
     paths = list(paths)
-    found, missing = files_of(paths)
-    problems.extend(missing)
+    held = files if files is not None else {}
+    found, listing = files_of(paths)
+    keep: dict[str, str] = {}            # path -> why its last good objects are kept
+    for line in listing:
+        known = [k for k in held if isinstance(line, Unreadable) and _under(k, line.path)]
+        for k in known:
+            keep[k] = line
+        if not known:
+            problems.append(line)
+    found = [p for p in found if str(p) not in keep]
     reused = False
     stamps = {path: _stamp(path) for path in found}   # before reading: a later write changes it
     cached = {}
     for path in found:
-        hit = files.get(str(path)) if files is not None else None
+        hit = held.get(str(path))
         if hit is not None and stamps[path] is not None and hit[0] == stamps[path]:
             cached[path] = hit[1]
-    parsed = dict(zip((p for p in found if p not in cached),
-                      _parse_files([p for p in found if p not in cached], stamps, labels)))
+    to_parse = [p for p in found if p not in cached]
+    parsed = dict(zip(to_parse, _parse_files(to_parse, stamps, labels)))
+    for path in to_parse:
+        # Written to while we read it: what we read may be half of either version. Read again.
+        for _ in range(3):
+            now = _stamp(path)
+            if now == stamps[path]:
+                break
+            stamps[path] = now
+            parsed[path] = _parse_file(path, labels)
+    objects_of: list = []
     for path in found:
         if path in cached:
             # no document index for objects from the cache: a clash below reads all again
             objs, reused = [(path, obj) for obj in cached[path]], True
         else:
             objs, file_problems, file_skipped = parsed[path]
+            before = held.get(str(path))
+            unreadable = [q for q in file_problems if isinstance(q, Unreadable)]
+            if before is not None and unreadable:
+                keep[str(path)] = unreadable[0]
+                continue
+            if before is not None and before[1] and not (objs or file_problems or file_skipped):
+                keep[str(path)] = f"{path}: holds no documents now (emptied, or caught half-written)"
+                continue
             problems.extend(file_problems)
             for kind, count in file_skipped.items():
                 skipped[kind] = skipped.get(kind, 0) + count
@@ -206,6 +223,19 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
                     files[str(path)] = (stamps[path], [obj for _, obj in objs])
                 else:
                     files.pop(str(path), None)
+        objects_of.append(objs)
+    for path, why in keep.items():
+        kept = held[path][1]
+        log.warning("%s; keeping its %d object(s) from the last good read until it parses with "
+                    "at least one document or is deleted", why, len(kept))
+        objects_of.append([(Path(path), obj) for obj in kept])
+        reused = True
+    if files is not None:                # forget deleted files: nothing of theirs may come back
+        present = {str(p) for p in found} | set(keep)
+        for k in [k for k in files if k not in present]:
+            del files[k]
+    where_of: dict = {}
+    for objs in objects_of:
         for where, obj in objs:
             if origins is not None:
                 origins.setdefault(_origin_key(obj), str(where))
@@ -225,16 +255,20 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
                 problems.append(f"{where}: {_describe_object(obj)}: defined twice with different content")
                 continue
             table[key] = obj
+            if isinstance(obj, objects.Service):
+                where_of.setdefault(key, where)
             seen_ns.add(obj.name if isinstance(obj, objects.Namespace) else obj.namespace)
+    if distinct_ips:
+        problems.extend(_shared_cluster_ips(cluster, where_of))
     for kind, count in sorted(skipped.items()):
         log.info("skipping %d %s object(s): kdns serves Services, EndpointSlices, Endpoints, "
                  "Namespaces, Pods and the workloads that make pods", count, kind)
     if problems:
-        if reused:
+        if reused and files is not None:
             # A clash with an object from a file not re-read: its lines lack the document
             # index; read everything again for messages that name it.
             return load(paths, service_cidr, None, derive=derive, origins=origins, derived=derived,
-                        labels=labels)
+                        labels=labels, distinct_ips=distinct_ips)
         raise ManifestError(problems)
     # A namespace exists when a Namespace object names it or any object lives in it.
     seen_ns |= {obj.namespace for obj in inputs.values()}
@@ -251,6 +285,26 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
     return cluster
 
 
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def _shared_cluster_ips(cluster: Cluster, where_of: dict) -> list[str]:
+    """One line per Service whose clusterIP another Service already has. The API server refuses
+    the second (the IP is allocated once), and serving both would make the PTR name one of them
+    at random."""
+    owner: dict[str, tuple] = {}
+    lines = []
+    for key, svc in cluster.services.items():          # file order: the first one keeps it
+        for ip in svc.addresses:
+            first = owner.setdefault(ip, key)
+            if first != key:
+                lines.append(f"{where_of.get(key)}: Service/{key[0]}/{key[1]}: field spec.clusterIP: "
+                             f"{ip} is already the clusterIP of Service/{first[0]}/{first[1]} "
+                             f"({where_of.get(first)}); every Service needs its own")
+    return lines
+
+
 def _origin_key(obj) -> tuple[str, str, str]:
     if isinstance(obj, objects.Namespace):
         return ("Namespace", "", obj.name)
@@ -264,7 +318,17 @@ def _parse_file(path: Path, labels: str | None = None) -> tuple[list, list[str],
     the worker processes of _parse_files)."""
     problems: list[str] = []
     skipped: dict[str, int] = {}
-    return list(_file_objects(path, problems, skipped, labels)), problems, skipped
+    try:
+        return list(_file_objects(path, problems, skipped, labels)), problems, skipped
+    except RecursionError:               # whichever decoder or walk met it: a problem, not a crash
+        return [], problems + [f"{path}: does not parse: nested too deeply"], skipped
+    except ValueError as exc:            # a decoder's own error type, not one listed above
+        return [], problems + [f"{path}: does not parse: {_short(' '.join(str(exc).split()))}"], skipped
+
+
+def _short(text: str, limit: int = 200) -> str:
+    """A quoted value or decoder message cut to a prefix: one line, never the whole input."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _parse_files(paths: list[Path], stamps: dict,
@@ -321,14 +385,6 @@ def _worker() -> None:
     paths, labels = pickle.load(sys.stdin.buffer)
     pickle.dump([_parse_file(p, labels) for p in paths], sys.stdout.buffer, protocol=pickle.HIGHEST_PROTOCOL)
     sys.stdout.buffer.flush()
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
 
 
 def _file_objects(path: Path, problems: list[str], skipped: dict[str, int],
@@ -399,94 +455,3 @@ def allocate_cluster_ips(cluster: Cluster, cidr: str) -> None:
         svc = cluster.services[key]
         cluster.services[key] = replace(svc, cluster_ip=ip, cluster_ips=(ip,), allocated=True)
         log.info("allocated clusterIP %s to Service %s/%s (no clusterIP in its manifest)", ip, *key)
-
-
-class Watcher:
-    """Reload the manifests when a file changes; a bad reload keeps the last good data.
-
-    Polls (path, mtime, size) of every file: cheap, and needs no inotify in a container. Only
-    the files that changed are read again (the others' objects are kept from the last load),
-    and only the objects that changed go to the sink, as watch events: at 10,000 Services a
-    one-file edit is a fraction of a second instead of a full re-read and recompile.
-    """
-
-    # Past this many changed objects, one reset (a full recompile) beats event by event.
-    RESET_ABOVE = 2000
-
-    def __init__(self, paths: list, service_cidr: str, sink, interval: float = 2.0,
-                 derive: workloads.Options = workloads.Options(), labels: str | None = None):
-        self.paths = paths
-        self.labels = labels
-        self.service_cidr = service_cidr
-        self.derive = derive
-        self.sink = sink
-        self.interval = interval
-        self._stop = threading.Event()
-        self._seen = self._stamp()
-        self._files: dict = {}
-        # What the sink holds now (set by loaded()); without it the first reload is a reset.
-        self._cluster: Cluster | None = None
-
-    @classmethod
-    def loaded(cls, paths: list, service_cidr: str, sink, interval: float = 2.0,
-               derive: workloads.Options = workloads.Options(),
-               labels: str | None = None) -> tuple["Watcher", Cluster]:
-        """Load the manifests (ManifestError on problems) and a Watcher that knows them."""
-        watcher = cls(paths, service_cidr, sink, interval, derive, labels)
-        cluster = load(paths, service_cidr, watcher._files, derive=derive, labels=labels)
-        watcher._cluster = cluster
-        return watcher, cluster
-
-    def _stamp(self) -> tuple:
-        files, _ = files_of(self.paths)
-        return tuple((str(f), _stamp(f)) for f in files)
-
-    def start(self) -> None:
-        threading.Thread(target=self._run, name="kdns-manifests", daemon=True).start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.check()
-
-    def check(self) -> None:
-        """One poll: reload if any file changed (the loop's step)."""
-        stamp = self._stamp()
-        if stamp == self._seen:
-            return
-        self._seen = stamp
-        try:
-            cluster = load(self.paths, self.service_cidr, self._files, derive=self.derive,
-                           labels=self.labels)
-        except ManifestError as exc:
-            for line in exc.problems:
-                log.error("%s", line)
-            metrics.RELOAD_FAILED.inc()
-            log.error("reload failed: still serving the last good manifests")
-            return
-        changes = diff(self._cluster, cluster) if self._cluster is not None else None
-        if changes is None or len(changes) > self.RESET_ABOVE:
-            self.sink.reset(cluster, True)
-        else:
-            for op, obj in changes:
-                self.sink.apply(op, obj)
-        self._cluster = cluster
-        log.info("reloaded manifests: %d services, %d endpoint slices (%s)", len(cluster.services),
-                 len(cluster.slices), "all" if changes is None else f"{len(changes)} changed")
-
-
-def diff(old: Cluster, new: Cluster) -> list[tuple[str, Any]]:
-    """The watch events that turn ``old`` into ``new``: namespaces first, deletions last."""
-    added, deleted = [], []
-    for table in ("namespaces", "services", "slices", "pods"):
-        before, after = getattr(old, table), getattr(new, table)
-        for key, obj in after.items():
-            was = before.get(key)
-            if was is None:
-                added.append(("ADDED", obj))
-            elif was is not obj and was != obj:
-                added.append(("MODIFIED", obj))
-        deleted.extend(("DELETED", obj) for key, obj in before.items() if key not in after)
-    return added + deleted
