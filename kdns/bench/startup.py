@@ -15,7 +15,10 @@ compiled and published); RSS is read a second after ready (the process tree, VmR
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -180,11 +183,50 @@ def measure(source: str, services: int, tmp: Path, *, fakeapi=None, timeout: flo
     return out
 
 
-def loaded_fakeapi(services: int):
-    """A started fake API holding the cluster (the caller stops it)."""
-    from kdns.bench.watch import _fakeapi
-    fake = _fakeapi()
-    api = fake.FakeAPI(history=1000, bookmark_interval=5.0).start()
-    for doc in documents(services):
-        api.apply(doc)
-    return api
+_FAKE = """
+import sys, time
+sys.path.insert(0, sys.argv[3])
+from fakeapi import FakeAPI
+from kdns.bench.startup import documents
+api = FakeAPI(history=1000, bookmark_interval=5.0).start()
+for doc in documents(int(sys.argv[1])):
+    api.apply(doc)
+api.kubeconfig(sys.argv[2])
+print("ready", flush=True)
+sys.stdin.read()
+api.stop()
+"""
+
+
+class FakeAPIProcess:
+    """tests/fakeapi.py holding the cluster, in a process of its own (as an API server is:
+    its JSON encoding must not share a GIL with the harness's DNS polling)."""
+
+    def __init__(self, services: int, tmp: Path):
+        self.services, self.path = services, tmp / f"kubeconfig-{services}"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "FakeAPIProcess":
+        fake = servers.REPO / "tests" / "fakeapi.py"
+        if not fake.is_file():
+            raise Unavailable(f"{fake} not found (the API source needs a checkout)")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(servers.REPO), os.environ.get("PYTHONPATH", "")]))
+        self.proc = subprocess.Popen([sys.executable, "-c", _FAKE, str(self.services), str(self.path),
+                                      str(fake.parent)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     env=env, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            self.__exit__()
+            raise Unavailable("the fake API did not start")
+        return self
+
+    def kubeconfig(self, _path=None) -> str:
+        return str(self.path)
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -334,13 +334,13 @@ def _quiet_stderr() -> Iterator[None]:
             os.close(saved)
             spool.seek(0)
             lines = spool.read().splitlines(keepends=True)
-            if failed:                      # rapidyaml's own lines: "line=3 col=1 ... ERROR:",
-                lines = [ln for ln in lines if not _RYML_NOISE.match(ln)]   # "...hpp:N: (detected here)"
+            if failed:                      # rapidyaml's own: "line=3 col=1 (41B): ERROR: ...",
+                lines = [ln for ln in lines if not _RYML_NOISE.match(ln)]   # ".../c4/yml/x.hpp:N: ..."
             if lines:
                 os.write(2, b"".join(lines))
 
 
-_RYML_NOISE = re.compile(rb"^(line=\d+ col=\d+ .*ERROR|.*\.hpp:\d+: \(detected here\)|\s*$)")
+_RYML_NOISE = re.compile(rb"^(line=\d+ col=\d+ |.*/c4/yml/\S*\.hpp:\d+: |\s*$)")
 
 
 def yaml_documents(data: bytes) -> Iterator[tuple[int, Document | None]]:
@@ -349,23 +349,19 @@ def yaml_documents(data: bytes) -> Iterator[tuple[int, Document | None]]:
     if ryml is None or any(c in data for c in _YAML_FEATURES):
         raise Unsure("YAML features rapidyaml's JSON does not carry")
     buf = bytearray(data)                  # parsed in place: no second copy in an arena
+    docs = []
     try:
         with _quiet_stderr():
             tree = ryml.parse_in_place(buf)
+            root = tree.root_id()
+            for node in (list(ryml.children(tree, root)) if tree.is_stream(root) else [root]):
+                out = bytearray(ryml.compute_json_length(tree, node))
+                text = ryml.emit_json_in_place(tree, out, node)     # ~4x faster than emit_json's str
+                docs.append(None if bytes(text).strip() in (b"null", b"") else text)
     except Exception as exc:            # noqa: BLE001 - ryml's own types; PyYAML words the error
         raise Unsure(f"rapidyaml: {type(exc).__name__}") from None
-    root = tree.root_id()
-    nodes = list(ryml.children(tree, root)) if tree.is_stream(root) else [root]
-    docs = []
-    for node in nodes:
-        out = bytearray(ryml.compute_json_length(tree, node))
-        text = ryml.emit_json_in_place(tree, out, node)     # ~4x faster than emit_json's str
-        if bytes(text).strip() in (b"null", b""):
-            docs.append(None)
-            continue
-        docs.append(_typed(_DOCUMENT, text))
-        del text, out
     del tree, buf
+    docs = [None if text is None else _typed(_DOCUMENT, text) for text in docs]
     for doc in docs:
         if doc is not None:
             _strings_as_pyyaml(doc)

@@ -95,7 +95,7 @@ def _documents(path: Path) -> Iterator[tuple[int, Any]]:
             index += 1
     else:
         if decode.depth_over(data):
-            raise decode.TooDeep(f"nested more than {decode.MAX_DEPTH} deep")
+            raise decode.TooDeep("nested too deep")
         yield from _yaml_documents(text)
 
 
