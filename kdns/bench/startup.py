@@ -96,7 +96,7 @@ def probe(services: int) -> tuple[str, str]:
 
 # --------------------------------------------------------------------------- writers
 
-_PLAIN = re.compile(r"^[A-Za-z_/][A-Za-z0-9_./-]*$")
+_PLAIN = re.compile(r"^(?:[A-Za-z_/][A-Za-z0-9_./-]*|\d+\.\d+\.\d+\.\d+)$")   # names, dotted quads
 _RESERVED = {"true", "false", "yes", "no", "on", "off", "null", "y", "n", "~"}
 
 
@@ -230,3 +230,50 @@ class FakeAPIProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def run(sizes: list[int], tmp: Path, rounds: int = 1, say=lambda text: None) -> list[dict]:
+    """Every source at every size, ``rounds`` times (the sources take turns each round, so a
+    busy machine slows them alike); one row per (size, source) with the median and range."""
+    rows: dict[tuple[int, str], list[dict]] = {}
+    for n in sizes:
+        for r in range(rounds):
+            for source in SOURCES:
+                try:
+                    if source == "api":
+                        with FakeAPIProcess(n, tmp) as api:
+                            got = measure(source, n, tmp, fakeapi=api)
+                    else:
+                        got = measure(source, n, tmp)
+                except (Unavailable, OSError) as exc:
+                    got = {"source": source, "services": n, "error": str(exc)}
+                say(f"startup {source} at {n:,} services, round {r + 1}: {got.get('ready_s')} s, "
+                    f"{got.get('rss_mb')} MB")
+                rows.setdefault((n, source), []).append(got)
+    out = []
+    for (n, source), runs in rows.items():
+        good = [g for g in runs if "error" not in g]
+        row = dict(good[len(good) // 2] if good else runs[0])
+        if good:
+            for k in ("ready_s", "rss_mb"):
+                vals = sorted(g[k] for g in good)
+                row[k] = vals[len(vals) // 2]
+                row[k + "_range"] = (vals[0], vals[-1])
+        row["rounds"] = len(good)
+        out.append(row)
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| services | source | ready s (median, range) | RSS MB (median, range) | CoreDNS formula MB | RSS/formula |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['services']:,} | {r['source']} | error: {r['error']} | | | |")
+            continue
+        lo, hi = r["ready_s_range"]
+        mlo, mhi = r["rss_mb_range"]
+        lines.append(f"| {r['services']:,} | {r['source']} | {r['ready_s']:.2f} ({lo:.2f}-{hi:.2f}) | "
+                     f"{r['rss_mb']:.0f} ({mlo:.0f}-{mhi:.0f}) | {r['formula_mb']:.0f} | "
+                     f"{r['rss_mb'] / r['formula_mb']:.2f} |")
+    return "\n".join(lines)
