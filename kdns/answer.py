@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kdns import names
-from kdns.snapshot import ENT, Node, Snapshot, endpoint_srv
+from kdns.snapshot import APEX_NS, ENT, HOSTS, SERIAL, Node, Snapshot, endpoint_srv
 
 # RR types and rcodes (RFC 1035, 2782, 3596, 6891) - named here so that nothing above wire.py
-# needs dnslib.
+# needs a DNS library.
 A, NS, CNAME, SOA, PTR, MX, TXT, AAAA, SRV, OPT = 1, 2, 5, 6, 12, 15, 16, 28, 33, 41
 IXFR, AXFR, ANY = 251, 252, 255
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, BADVERS = 0, 1, 2, 3, 4, 5, 16
@@ -34,23 +34,56 @@ class Response:
     authoritative: bool = True
     forward: bool = False          # the name is outside every served zone
     chase: tuple[str, int] | None = None   # out-of-zone CNAME target to resolve upstream
-    fallthrough: bool = False      # reverse-zone NXDOMAIN an upstream may know (kubeadm fallthrough)
+    fallthrough: bool = False      # a NXDOMAIN in a --fallthrough zone: the forwarder's to answer
+    # What the answer was read from, as snapshot.Store names changes (see snapshot.Dep): the
+    # packet cache keeps it exactly as long as none of these changes.
+    deps: list = field(default_factory=list)
 
 
 def answer(snap: Snapshot, qname: str, qtype: int) -> Response:
     """``qname`` is the question name exactly as sent (case preserved, trailing dot optional)."""
     if not qname.endswith("."):
         qname += "."
-    hit = names.split(qname.lower(), snap.zones)
+    lower = qname.lower()
+    if snap.hosts is not None:
+        # --hosts answers first, for any name; whether it knew the name is itself a dep.
+        resp = _hosts(snap, qname, lower, qtype)
+        if resp is not None:
+            return resp
+    hit = names.split(lower, snap.zones)
     if hit is None:
-        return Response(REFUSED, authoritative=False, forward=True)
+        resp = Response(REFUSED, authoritative=False, forward=True)
+        if snap.hosts is not None:
+            resp.deps.append((HOSTS, lower))
+        return resp
     if qtype in (AXFR, IXFR):
         return Response(REFUSED)               # zone transfer is a non-goal (§3.8)
     zone, labels = hit
     spelled = qname[len(qname) - len(zone) - 1:-1]       # the zone as spelled in the query
     resp = Response()
+    if snap.hosts is not None:
+        resp.deps.append((HOSTS, lower))
     _answer_into(snap, resp, qname, qtype, zone, spelled, labels, set())
     return resp
+
+
+def _hosts(snap: Snapshot, qname: str, lower: str, qtype: int) -> Response | None:
+    """A name of the hosts file: its addresses, NODATA for other types (CoreDNS hosts); a
+    reverse name of one of its addresses: PTR. Anything else falls through (None)."""
+    hosts = snap.hosts
+    ttl = snap.config.ttl
+    addrs = hosts.names.get(lower)
+    if addrs is not None:
+        resp = Response(deps=[(HOSTS, lower)])
+        if qtype in (A, AAAA):
+            want6 = qtype == AAAA
+            resp.answer.extend((qname, qtype, ttl, ip) for ip in addrs if (":" in ip) == want6)
+        return resp
+    if qtype == PTR:
+        targets = hosts.reverse.get(lower)
+        if targets is not None:
+            return Response(answer=[(qname, PTR, ttl, t) for t in targets], deps=[(HOSTS, lower)])
+    return None
 
 
 def _soa(snap: Snapshot, spelled: str) -> RR:
@@ -65,10 +98,11 @@ def _answer_into(snap: Snapshot, resp: Response, qname: str, qtype: int, zone: s
     ttl = snap.config.ttl
     domain = snap.config.domain
     before = len(resp.answer)                   # a chased CNAME may already stand in front
-    if zone == domain:
-        node = _cluster_node(snap, labels)
+    cluster = zone == domain or zone in snap.config.extra_zones
+    if cluster:
+        node = _cluster_node(snap, labels, resp.deps)
     else:
-        node = _reverse_node(snap, zone, labels)
+        node = _reverse_node(snap, zone, labels, resp.deps)
         if node is not None and node is not ENT:
             if qtype == PTR:    # PTR data uses the configured zone, not the query's spelling
                 resp.answer.extend((qname, PTR, ttl, f"{t}.{domain}.") for t in node.addrs)
@@ -80,15 +114,17 @@ def _answer_into(snap: Snapshot, resp: Response, qname: str, qtype: int, zone: s
         # that a client never caches a NXDOMAIN for a name that exists (CoreDNS notSynced).
         resp.rcode = NXDOMAIN if snap.synced else SERVFAIL
         resp.authority.append(_soa(snap, spelled))
-        resp.fallthrough = zone != snap.config.domain and snap.synced
+        resp.fallthrough = snap.synced and snap.config.falls_through(qname.lower())
         return
 
     if not labels:                              # the apex
         if qtype == SOA:
+            resp.deps.append(SERIAL)
             resp.answer.append(_soa(snap, spelled))
             return
         if qtype == NS:
-            suffix = spelled if zone == domain else domain
+            resp.deps.append(APEX_NS)
+            suffix = spelled if cluster else domain
             for target, glue in snap.ns_records:
                 owner = f"{target}.{suffix}."
                 resp.answer.append((qname, NS, ttl, owner))
@@ -129,7 +165,7 @@ def _cname(snap: Snapshot, resp: Response, qname: str, qtype: int, target: str, 
     _answer_into(snap, resp, target + ".", qtype, zone, zone, labels, chain)
 
 
-def _cluster_node(snap: Snapshot, labels: list[str]) -> Node | None:
+def _cluster_node(snap: Snapshot, labels: list[str], deps: list) -> Node | None:
     n = len(labels)
     if n == 0:
         return ENT
@@ -138,11 +174,12 @@ def _cluster_node(snap: Snapshot, labels: list[str]) -> Node | None:
         # svc.<zone> and pod.<zone> always exist; <ns>.svc|pod.<zone> iff the namespace does.
         if n == 1:
             return ENT
+        deps.append(labels[-2])                 # the namespace's existence
         if labels[-2] not in snap.namespaces:
             return None
         if n == 2:
             return ENT
-        return _service_node(snap, labels) if top == "svc" else _pod_node(snap, labels)
+        return _service_node(snap, labels, deps) if top == "svc" else _pod_node(snap, labels, deps)
     if n == 1 and top == "dns-version":
         return ENT                              # TXT handled by the caller; other types NODATA (Q1)
     if top == "dns":
@@ -153,10 +190,12 @@ def _cluster_node(snap: Snapshot, labels: list[str]) -> Node | None:
     return None
 
 
-def _service_node(snap: Snapshot, labels: list[str]) -> Node | None:
+def _service_node(snap: Snapshot, labels: list[str], deps: list) -> Node | None:
     """<svc>.<ns>.svc, <ep>.<svc>.<ns>.svc and <port>.<proto>.<svc>.<ns>.svc."""
     n = len(labels)
-    rec = snap.services.get((labels[-2], labels[-3]))
+    key = (labels[-2], labels[-3])
+    deps.append(key)
+    rec = snap.services.get(key)
     if rec is None or rec.node is None:
         return None
     if n == 3:
@@ -170,24 +209,27 @@ def _service_node(snap: Snapshot, labels: list[str]) -> Node | None:
     return None
 
 
-def _pod_node(snap: Snapshot, labels: list[str]) -> Node | None:
+def _pod_node(snap: Snapshot, labels: list[str], deps: list) -> Node | None:
     """<a-b-c-d>.<ns>.pod per --pods (§3.7)."""
     if len(labels) != 3 or snap.config.pods == "disabled":
         return None
     ip = names.pod_ip(labels[0])
     if ip is None:
         return None
-    if snap.config.pods == "verified" and (labels[1], ip) not in snap.pods:
-        return None
+    if snap.config.pods == "verified":
+        deps.append((labels[1], ip))
+        if (labels[1], ip) not in snap.pods:
+            return None
     return Node(addrs=(ip,))
 
 
-def _reverse_node(snap: Snapshot, zone: str, labels: list[str]) -> Node | None:
+def _reverse_node(snap: Snapshot, zone: str, labels: list[str], deps: list) -> Node | None:
     if not labels:
         return ENT
     ip = names.reverse_ip(zone, labels)
     if ip is None:
         return None
+    deps.append(ip)
     targets = snap.ptr.get(ip)                  # one target, or a tuple of them (snapshot.Store)
     if not targets:
         return None

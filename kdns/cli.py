@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 
-from kdns import __version__, envcli
+from kdns import __version__, envcli, explaincli, serveargs
 from kdns.config import (Config, ConfigError, add_source_args, format_hostport, normalize_zone,
                          parse_hostport, uses_api)
 from kdns.forward import ForwardConfigError
@@ -46,8 +46,9 @@ def _seconds(text: str) -> float:
 
 def add_ops_args(p: argparse.ArgumentParser) -> None:
     """Running under an orchestrator: probes, metrics, graceful shutdown (docs/ops.md)."""
-    p.add_argument("--http", type=_http, default=None, metavar="HOST:PORT",
-                   help="serve /health, /ready and /metrics here (default: off); port 0 picks one")
+    p.add_argument("--http", type=_http, action="append", default=[], metavar="HOST:PORT",
+                   help="serve /health, /ready and /metrics here (default: off); port 0 picks one; "
+                        "repeatable (a Corefile's health, ready and prometheus ports)")
     p.add_argument("--lameduck", type=_seconds, default=5.0, metavar="SECONDS",
                    help="after SIGTERM or SIGINT, report not ready but keep answering DNS this long, "
                         "then exit 0; a second signal ends it at once (default 5)")
@@ -56,12 +57,10 @@ def add_ops_args(p: argparse.ArgumentParser) -> None:
 def cluster_source(args, sink, pods: bool):
     """A started-later ClusterSource for --kubeconfig/--context/--in-cluster, or an error line."""
     from kdns.sources import cluster       # imports `kubernetes` (slow): only when asked for
-    if args.manifests:
-        raise cluster.ClusterError("--manifests and --kubeconfig/--context/--in-cluster are two "
-                                   "different sources; use one")
     timeouts = cluster.Timeouts(read=args.api_timeout)
     return cluster.ClusterSource(sink, args.kubeconfig, args.context, args.in_cluster, pods=pods,
-                                 timeouts=timeouts)
+                                 timeouts=timeouts, labels=getattr(args, "labels", None),
+                                 endpoints=not getattr(args, "noendpoints", False))
 
 
 def add_forward_args(p: argparse.ArgumentParser) -> None:
@@ -72,6 +71,16 @@ def add_forward_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolv-conf", default=None, metavar="PATH",
                    help="read upstreams from this file's nameserver lines when no --upstream is "
                         "given (default /etc/resolv.conf); '' = no forwarding (REFUSED)")
+    p.add_argument("--max-concurrent", type=int, default=1000, metavar="N",
+                   help="forwarded queries in flight at once; past it, SERVFAIL at once "
+                        "(CoreDNS forward max_concurrent; default 1000)")
+    p.add_argument("--cache-ttl", type=serveargs.ttl, default=3600, metavar="SECONDS",
+                   help="longest TTL a forwarded answer is cached and served with (CoreDNS cache "
+                        "TTL; default 3600)")
+    p.add_argument("--cache-denial-ttl", type=serveargs.ttl, default=None, metavar="SECONDS",
+                   help="the same for negative answers (NXDOMAIN, NODATA); default: --cache-ttl, "
+                        "at most 1800")
+    serveargs.add_pending_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="answer DNS for a cluster over UDP and TCP")
+    s.add_argument("--corefile", default=None, metavar="FILE",
+                   help="configure from a CoreDNS Corefile (`kdns corefile FILE` shows how); "
+                        "flags given here win over the Corefile's")
+    s.add_argument("--kube-dns-configmap", default=None, metavar="FILE",
+                   help="a kube-dns ConfigMap (YAML or JSON): data.stubDomains, "
+                        "data.upstreamNameservers")
     add_source_args(s)
     s.add_argument("--listen", action="append", type=_listen, default=[], metavar="HOST:PORT",
                    help="UDP and TCP address; repeatable; default 127.0.0.1:5353; [::1]:5353 for IPv6")
@@ -100,11 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--udp-batch", type=int, default=64, metavar="N",
                    help="UDP datagrams per recvmmsg/sendmmsg call (default 64); 1 = one "
                         "recvfrom/sendto per query, the loop used where recvmmsg is missing")
+    s.add_argument("--loadbalance", action=argparse.BooleanOptionalAction, default=True,
+                   help="rotate A/AAAA answers of several records between queries, round robin, "
+                        "as CoreDNS's loadbalance (default on; --no-loadbalance: always in "
+                        "EndpointSlice order)")
+    serveargs.add_cluster_args(s)
+    serveargs.add_records_args(s)
     add_forward_args(s)
     s.add_argument("--reload", type=float, default=2.0, metavar="SECONDS",
-                   help="poll manifests for changes this often; 0 disables (default 2)")
+                   help="poll manifests and --hosts for changes this often; 0 disables (default 2)")
     add_ops_args(s)
     envcli.add_parser(sub)
+    explaincli.add_parser(sub)
+    c = sub.add_parser("corefile", help="print the kdns serve command line a Corefile means")
+    c.add_argument("file", metavar="FILE")
     return parser
 
 
@@ -112,29 +136,57 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                         format="kdns: %(message)s")
+    if args.command == "corefile":
+        return serveargs.print_corefile(args.file)
     if args.command == "serve":
+        if args.corefile or args.kube_dns_configmap:
+            args = serveargs.with_translation(args, list(sys.argv[1:] if argv is None else argv),
+                                              build_parser)
+            if args is None:
+                return 2
         return serve(args)
     if args.command == "env":
         return envcli.run(args)
+    if args.command == "explain":
+        return explaincli.run(args)
     return 2
 
 
 def _config(args) -> Config:
     listen = tuple(args.listen) or (("127.0.0.1", 5353),)
     ns_addresses = tuple(h for h, _ in listen if h not in ("0.0.0.0", "::"))
+    if args.no_fallthrough:
+        fallthrough: tuple[str, ...] = ()
+    elif args.fallthrough is None:
+        fallthrough = ("in-addr.arpa", "ip6.arpa")
+    else:
+        zones = [z for group in args.fallthrough for z in group]
+        fallthrough = tuple(normalize_zone(z, "--fallthrough", root_ok=True) for z in zones) or ("",)
+    namespaces = None
+    if args.namespaces is not None:
+        namespaces = frozenset(n.strip() for n in args.namespaces.split(",") if n.strip())
+        if not namespaces:
+            raise ConfigError("--namespaces '': name at least one namespace")
+    if args.labels is not None:
+        from kdns import selector
+        selector.parse(args.labels)             # a bad selector stops startup, named
     return Config(domain=normalize_zone(args.domain), ttl=args.ttl, pods=args.pods,
                   endpoint_pod_names=args.endpoint_pod_names, publish_not_ready=args.publish_not_ready,
                   listen=listen, service_cidr=args.service_cidr, pod_ip=args.pod_ip,
                   ns_addresses=ns_addresses, cache_size=args.cache_size,
-                  udp_batch=args.udp_batch)
+                  udp_batch=args.udp_batch, loadbalance=args.loadbalance,
+                  extra_zones=tuple(normalize_zone(z, "--zone") for z in args.zone),
+                  namespaces=namespaces, ignore_empty_service=args.ignore_empty_service,
+                  noendpoints=args.noendpoints, fallthrough=fallthrough)
 
 
-def _load_manifests(paths, service_cidr, sink, reload):
+def _load_manifests(paths, service_cidr, sink, reload, derive=None, labels=None):
     """The manifests, and the Watcher that reloads them (None with --reload 0)."""
+    derive = derive or manifests.workloads.Options()
     try:
         if reload > 0:
-            return manifests.Watcher.loaded(paths, service_cidr, sink, reload)
-        return None, manifests.load(paths, service_cidr)
+            return manifests.Watcher.loaded(paths, service_cidr, sink, reload, derive, labels)
+        return None, manifests.load(paths, service_cidr, derive=derive, labels=labels)
     except manifests.ManifestError as exc:
         for line in exc.problems:
             print(f"kdns: {line}", file=sys.stderr)
@@ -154,7 +206,9 @@ def _forwarder(args, bound, cache_size, zones):
         return None
     log.info("forwarding other names to %s",
              ", ".join(format_hostport(h, p) for h, p in upstreams))
-    return Forwarder(upstreams, cache_size, own_zones=zones)
+    caps = (args.cache_ttl, min(1800, args.cache_ttl) if args.cache_denial_ttl is None
+            else args.cache_denial_ttl)
+    return Forwarder(upstreams, cache_size, own_zones=zones, caps=caps)
 
 
 def _pause_gc(limit: float | None = None) -> None:
@@ -209,9 +263,24 @@ def serve(args) -> int:
 
     try:
         config = _config(args)
+        rewrites = serveargs.rewrites(args)
     except ConfigError as exc:
         print(f"kdns: {exc}", file=sys.stderr)
         return 2
+    pending = serveargs.pending_flags(args)
+    if pending:
+        for line in pending:
+            print(f"kdns: {line}", file=sys.stderr)
+        return 2
+    hosts = None
+    if args.hosts or args.hosts_entry:
+        from kdns import hosts as hostsfile
+        try:
+            hosts = hostsfile.load(args.hosts, args.hosts_entry)
+        except hostsfile.HostsError as exc:
+            for line in exc.problems:
+                print(f"kdns: {line}", file=sys.stderr)
+            return 2
     # Handlers first: a SIGTERM that arrives while starting up still means a clean exit 0.
     stop, again = threading.Event(), threading.Event()
     signals: list[int] = []
@@ -222,26 +291,54 @@ def serve(args) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+    try:
+        derive = manifests.workloads.Options.from_args(args)
+    except ValueError as exc:
+        print(f"kdns: {exc}", file=sys.stderr)
+        return 2
     store = Store(config)
-    source = watcher = None
+    if hosts is not None:
+        store.set_hosts(hosts)
+    source = watcher = hosts_watcher = None
+    if args.hosts and args.reload > 0:
+        from kdns import hosts as hostsfile
+        hosts_watcher = hostsfile.Watcher(args.hosts, tuple(args.hosts_entry), store.set_hosts,
+                                          args.reload)
     if uses_api(args):
         from kdns.sources.cluster import ClusterError
+        sink = _SettleAfterFirstSync(store)
+        if args.manifests:
+            # Static objects beside the live cluster's: the API's win a conflict (overlay).
+            from kdns.sources.overlay import Overlay
+            where = ", ".join(args.manifests)
+            loaded = _load_manifests(args.manifests, config.service_cidr, None, args.reload,
+                                     derive, args.labels)
+            if loaded is None:
+                return 2
+            overlay = Overlay(sink, loaded[1], where)
+            watcher = loaded[0]
+            if watcher is not None:
+                watcher.sink = overlay.static
+            overlay.static.reset(loaded[1], True)
+            sink = overlay.api
         try:
-            source = cluster_source(args, _SettleAfterFirstSync(store), pods=config.pods == "verified")
+            source = cluster_source(args, sink, pods=config.pods == "verified")
         except ClusterError as exc:
             print(f"kdns: {exc}", file=sys.stderr)
             return 2
     else:
         paths = args.manifests or manifests.default_paths()
         _pause_gc()
-        loaded = _load_manifests(paths, config.service_cidr, store, args.reload)
+        loaded = _load_manifests(paths, config.service_cidr, store, args.reload, derive, args.labels)
         if loaded is None:
             return 2
         watcher, cluster = loaded
         store.reset(cluster, synced=True)
         del cluster
         _settle_memory()
-    server = Server(store.holder, config.listen, config.cache_size, batch=config.udp_batch)
+    server = Server(store.holder, config.listen, config.cache_size, batch=config.udp_batch,
+                    loadbalance=config.loadbalance, rewrites=rewrites,
+                    max_forwards=args.max_concurrent)
     try:
         bound = server.bind()
     except OSError as exc:
@@ -259,6 +356,8 @@ def serve(args) -> int:
         return 1
     if watcher is not None:
         watcher.start()
+    if hosts_watcher is not None:
+        hosts_watcher.start()
     server.start()
     if source is not None:
         # Until the first full listing, cluster names answer SERVFAIL (the Store starts unsynced).
@@ -286,6 +385,8 @@ def serve(args) -> int:
         server.close()
         return 1
     _lameduck(status, args.lameduck, again)
+    if hosts_watcher:
+        hosts_watcher.stop()
     if watcher:
         watcher.stop()
     if source is not None:
@@ -303,19 +404,32 @@ def _start_http(args, server, holder, waiting_for=None):
     from kdns import http, metrics
 
     status = http.Status(lambda: holder.current, waiting_for)
-    if args.http is None:
+    if not args.http:
         return status, None
     metrics.register(metrics.QueryCollector(server.stats, lambda: holder.current, status.ready,
                                             server.cache_entries))
-    web = http.HTTP(args.http, status, metrics.REGISTRY)
-    try:
-        host, port = web.start()
-    except OSError as exc:
-        print(f"kdns: cannot serve http on {format_hostport(*args.http)}: {exc.strerror or exc}",
-              file=sys.stderr)
-        return None, None
-    log.info("http on %s (/health, /ready, /metrics)", format_hostport(host, port))
-    return status, web
+    webs = _Webs()
+    # The same address twice is one server (health and ready on one port); port 0 is a new one.
+    for address in [a for i, a in enumerate(args.http) if a[1] == 0 or a not in args.http[:i]]:
+        web = http.HTTP(address, status, metrics.REGISTRY)
+        try:
+            host, port = web.start()
+        except OSError as exc:
+            print(f"kdns: cannot serve http on {format_hostport(*address)}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            webs.close()
+            return None, None
+        webs.append(web)
+        log.info("http on %s (/health, /ready, /metrics)", format_hostport(host, port))
+    return status, webs
+
+
+class _Webs(list):
+    """The HTTP servers of every --http address, closed together."""
+
+    def close(self) -> None:
+        for web in self:
+            web.close()
 
 
 def _lameduck(status, seconds: float, again: threading.Event) -> None:

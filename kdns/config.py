@@ -51,10 +51,13 @@ def _port(text: str, whole: str) -> int:
     return int(text)
 
 
-def normalize_zone(zone: str) -> str:
+def normalize_zone(zone: str, flag: str = "--domain", root_ok: bool = False) -> str:
+    """'Cluster.Local.' -> 'cluster.local'; with ``root_ok``, '.' -> '' (every zone)."""
     zone = zone.strip().rstrip(".").lower()
+    if root_ok and not zone:
+        return ""
     if not zone or any(not label or len(label) > 63 for label in zone.split(".")):
-        raise ConfigError(f"--domain {zone!r}: not a DNS name")
+        raise ConfigError(f"{flag} {zone!r}: not a DNS name")
     return zone
 
 
@@ -75,6 +78,19 @@ class Config:
     ns_addresses: tuple[str, ...] = field(default=())
     cache_size: int = 20000
     udp_batch: int = 64
+    # Rotate A/AAAA RRsets of several records between answers (kubeadm's Corefile has
+    # CoreDNS's loadbalance), so clients do not all pile onto the first address.
+    loadbalance: bool = True
+    # The kubernetes plugin's options (CoreDNS plugin/kubernetes/README.md). Extra zones are
+    # served from the same data as ``domain`` (one kubernetes block with several zones); record
+    # data (PTR targets, SRV targets of other zones' names) keeps using ``domain``.
+    extra_zones: tuple[str, ...] = ()
+    namespaces: frozenset[str] | None = None       # None = every namespace is served
+    ignore_empty_service: bool = False
+    noendpoints: bool = False
+    # Zones (lower case, no trailing dot; "" = every zone) whose NXDOMAIN goes on to the
+    # forwarder, as CoreDNS's fallthrough. kubeadm's Corefile falls through the reverse zones.
+    fallthrough: tuple[str, ...] = REVERSE_ZONES
 
     def __post_init__(self) -> None:
         if not 1 <= self.udp_batch <= 1024:
@@ -93,10 +109,28 @@ class Config:
             except ValueError:
                 raise ConfigError(f"--pod-ip {self.pod_ip!r}: not an IP address") from None
 
+        for zone in self.extra_zones:
+            if zone == self.domain or zone in REVERSE_ZONES or _under(zone, self.domain) \
+                    or _under(self.domain, zone):
+                raise ConfigError(f"--zone {zone!r}: overlaps the cluster zone {self.domain!r} "
+                                  "or a reverse zone")
+
     @property
     def zones(self) -> tuple[str, ...]:
         """Served zones, longest first, so the longest match wins."""
-        return tuple(sorted((self.domain, *REVERSE_ZONES), key=len, reverse=True))
+        return tuple(sorted((self.domain, *self.extra_zones, *REVERSE_ZONES), key=len, reverse=True))
+
+    def falls_through(self, qname_lower: str) -> bool:
+        """Whether a NXDOMAIN for this name (lower case, trailing dot) goes on to the forwarder."""
+        name = qname_lower[:-1]
+        for zone in self.fallthrough:
+            if not zone or name == zone or _under(name, zone):
+                return True
+        return False
+
+
+def _under(name: str, zone: str) -> bool:
+    return name.endswith("." + zone)
 
 
 def add_source_args(p: argparse.ArgumentParser, *, watch: bool = True) -> None:
@@ -107,6 +141,11 @@ def add_source_args(p: argparse.ArgumentParser, *, watch: bool = True) -> None:
                         "default: the embedded example cluster (zones/)")
     p.add_argument("--service-cidr", default="10.96.0.0/12", metavar="CIDR",
                    help="range for Services whose manifest has no clusterIP (default 10.96.0.0/12)")
+    p.add_argument("--pod-cidr", default="10.244.0.0/16", metavar="CIDR",
+                   help="addresses of the pods kdns derives from workloads in the manifests "
+                        "(default 10.244.0.0/16)")
+    p.add_argument("--nodes", type=_nodes, default=1, metavar="N",
+                   help="nodes a DaemonSet in the manifests runs on: one pod each (default 1)")
     api = p.add_argument_group("live cluster (instead of --manifests)")
     api.add_argument("--kubeconfig", metavar="PATH",
                      help="list and watch the API of this kubeconfig's cluster (default resolution: "
@@ -118,6 +157,12 @@ def add_source_args(p: argparse.ArgumentParser, *, watch: bool = True) -> None:
         api.add_argument("--api-timeout", type=float, default=90.0, metavar="SECONDS",
                          help="client read timeout on API requests, so a dead connection is noticed "
                               "(default 90; bookmarks keep healthy watches talking)")
+
+
+def _nodes(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 5000:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 1-5000 nodes")
+    return int(text)
 
 
 def uses_api(args) -> bool:

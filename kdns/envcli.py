@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from kdns import env
 from kdns.config import add_source_args, uses_api
 from kdns.objects import Cluster, EnvVar, FieldError, pod_from_dict
-from kdns.sources import manifests
+from kdns.sources import controllers, manifests, workloads
 
 FORMATS = ("env", "shell", "json")
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -47,6 +47,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_source_args(p, watch=False)
     p.add_argument("--pod", metavar="FILE",
                    help="a Pod manifest: namespace, enableServiceLinks and the container's env")
+    p.add_argument("--workload", metavar="KIND/NAME",
+                   help="as --pod, with the pod a workload in the manifests makes (deployment/web, "
+                        "statefulset/db, daemonset/x, replicaset/x, job/x), in --namespace")
     p.add_argument("--container", metavar="NAME", help="which container of --pod")
     p.add_argument("--no-service-links", action="store_true",
                    help="enableServiceLinks: false (only the kubernetes Service's variables)")
@@ -60,10 +63,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    derived: list = []
     try:
         command = _command(args.exec_command)
-        cluster = _cluster(args)
-        namespace, links, container_env = _pod_inputs(args)
+        cluster = _cluster(args, derived)
+        namespace, links, container_env = _pod_inputs(args, derived[0] if derived else None)
     except UsageError as exc:
         for line in exc.lines:
             print(f"kdns env: {line}", file=sys.stderr)
@@ -117,16 +121,24 @@ def _command(rest: list[str]) -> list[str]:
     return rest[1:]
 
 
-def _cluster(args: argparse.Namespace) -> Cluster:
+def _cluster(args: argparse.Namespace, derived: list) -> Cluster:
     try:
         net = ipaddress.ip_network(args.service_cidr, strict=False)
-    except ValueError:
+        derive = workloads.Options.from_args(args)
+    except ValueError as exc:
+        if "--pod-cidr" in str(exc):
+            raise UsageError(str(exc)) from None
         raise UsageError(f"--service-cidr {args.service_cidr!r}: not a CIDR") from None
+    if args.pod is not None and args.workload is not None:
+        raise UsageError("--pod and --workload both give the pod: give one")
     api = uses_api(args)
     if api:
         if args.manifests:
             raise UsageError("--manifests and --kubeconfig/--context/--in-cluster are two "
                              "different sources: give one")
+        if args.workload is not None:
+            raise UsageError("--workload reads the workload from --manifests; with the API "
+                             "source, give the pod with --pod")
         return _list_cluster(args)
     if args.manifests:
         paths = args.manifests
@@ -136,7 +148,7 @@ def _cluster(args: argparse.Namespace) -> Cluster:
         except (ModuleNotFoundError, OSError):
             raise UsageError("no --manifests given and the embedded example cluster "
                              "(zones/cluster.yaml) is not installed") from None
-    return manifests.load(paths, str(net))
+    return manifests.load(paths, str(net), derive=derive, derived=derived)
 
 
 def _list_cluster(args: argparse.Namespace) -> Cluster:
@@ -159,17 +171,42 @@ def _list_cluster(args: argparse.Namespace) -> Cluster:
         raise UsageError(f"cannot list Services from the cluster: {text}") from None
 
 
-def _pod_inputs(args: argparse.Namespace) -> tuple[str, bool, tuple[EnvVar, ...]]:
+_WORKLOAD_KINDS = {"deployment": "Deployment", "deploy": "Deployment", "statefulset": "StatefulSet",
+                   "sts": "StatefulSet", "daemonset": "DaemonSet", "ds": "DaemonSet",
+                   "replicaset": "ReplicaSet", "rs": "ReplicaSet", "job": "Job"}
+
+
+def _workload_pod(args: argparse.Namespace, derived) -> tuple[str, dict]:
+    """The first pod (lowest ordinal) the named workload makes, as a Pod manifest."""
+    kind_text, _, name = args.workload.partition("/")
+    kind = _WORKLOAD_KINDS.get(kind_text.lower())
+    if kind is None or not name:
+        raise UsageError(f"--workload {args.workload!r}: give KIND/NAME, KIND one of "
+                         f"deployment, statefulset, daemonset, replicaset, job")
+    ns = args.namespace or "default"
+    known = derived.workloads if derived is not None else {}
+    if (kind, ns, name) not in known:
+        have = sorted(f"{k.lower()}/{n}" for k, n2, n in known if n2 == ns)
+        raise UsageError(f"--workload {args.workload}: no {kind} {name!r} in namespace {ns} in the "
+                         f"manifests" + (f"; it has: {', '.join(have)}" if have else ""))
+    pods = sorted((p for p in derived.pods.values() if p.owner == (kind, ns, name)),
+                  key=lambda p: p.ordinal)
+    if not pods:
+        raise UsageError(f"--workload {args.workload}: {kind} {ns}/{name} makes no pods (0 replicas)")
+    return f"{kind} {ns}/{name} (pod {pods[0].name})", controllers.pod_document(pods[0])
+
+
+def _pod_inputs(args: argparse.Namespace, derived=None) -> tuple[str, bool, tuple[EnvVar, ...]]:
     """The pod's namespace, enableServiceLinks and the chosen container's env."""
     if args.namespace is not None and (not _DNS1123_LABEL.match(args.namespace)
                                        or len(args.namespace) > 63):
         raise UsageError(f"--namespace {args.namespace!r}: not a namespace name (DNS-1123 label)")
-    if args.pod is None:
+    if args.pod is None and args.workload is None:
         if args.container is not None:
-            raise UsageError("--container needs --pod")
+            raise UsageError("--container needs --pod or --workload")
         return args.namespace or "default", not args.no_service_links, ()
 
-    where, doc = _read_pod(args.pod)
+    where, doc = _read_pod(args.pod) if args.pod is not None else _workload_pod(args, derived)
     meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
     try:
         pod = pod_from_dict(doc, with_env=True)
@@ -180,7 +217,7 @@ def _pod_inputs(args: argparse.Namespace) -> tuple[str, bool, tuple[EnvVar, ...]
     if args.namespace is not None:
         if meta.get("namespace") and args.namespace != pod.namespace:
             raise UsageError(f"--namespace {args.namespace} does not match the namespace "
-                             f"{pod.namespace} of Pod {pod.name} in {args.pod}")
+                             f"{pod.namespace} of Pod {pod.name} in {args.pod or where}")
         namespace = args.namespace
     links = pod.enable_service_links and not args.no_service_links
 

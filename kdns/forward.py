@@ -77,8 +77,10 @@ class Entry:
     stored: float                      # clock reading when it arrived
 
 
-def normalise(msg: bytes, now: float) -> Entry:
-    """Walk an upstream response: strip OPT, note TTL positions, work out the cache lifetime."""
+def normalise(msg: bytes, now: float, caps: tuple[int, int] = (MAX_POSITIVE_TTL, MAX_NEGATIVE_TTL)) -> Entry:
+    """Walk an upstream response: strip OPT, note TTL positions, work out the cache lifetime.
+    ``caps`` (--cache-ttl, --cache-denial-ttl; CoreDNS cache's success and denial TTLs): no TTL
+    is served, nor the entry kept, longer than the cap of its kind."""
     if len(msg) < 12:
         raise WireError("shorter than a DNS header")
     flags, qd, an, ns, ar = struct.unpack_from("!HHHHH", msg, 2)
@@ -111,6 +113,10 @@ def normalise(msg: bytes, now: float) -> Entry:
         if ttl & 0x80000000:   # RFC 2181 §8: a TTL with the top bit set means zero
             ttl = 0
             msg = msg[:ttl_off] + b"\x00\x00\x00\x00" + msg[ttl_off + 4:]
+        cap = caps[1] if (flags & 0x000F) == NXDOMAIN or not an else caps[0]
+        if ttl > cap:
+            ttl = cap
+            msg = msg[:ttl_off] + struct.pack("!I", cap) + msg[ttl_off + 4:]
         kept[section] += 1
         rr_ends.append(off)
         ttl_offsets.append(ttl_off)
@@ -132,9 +138,9 @@ def normalise(msg: bytes, now: float) -> Entry:
     if not tc:
         if rcode == NXDOMAIN or (rcode == NOERROR and kept[0] == 0):
             if neg_ttl >= 0:
-                lifetime = min([neg_ttl, MAX_NEGATIVE_TTL, *ttls])
+                lifetime = min([neg_ttl, caps[1], *ttls])
         elif rcode == NOERROR:
-            lifetime = min([MAX_POSITIVE_TTL, *ttls])
+            lifetime = min([caps[0], *ttls])
     return Entry(bytes(body), tuple(kept), tuple(rr_ends), tuple(ttl_offsets), rcode, lifetime, now)
 
 
@@ -325,13 +331,15 @@ class Forwarder:
 
     def __init__(self, upstreams: Sequence[tuple[str, int]], cache_size: int = 10000,
                  timeout: float = 1.5, deadline: float = 3.5,
-                 clock: Callable[[], float] = time.monotonic, own_zones: Iterable[str] = ()):
+                 clock: Callable[[], float] = time.monotonic, own_zones: Iterable[str] = (),
+                 caps: tuple[int, int] = (MAX_POSITIVE_TTL, MAX_NEGATIVE_TTL)):
         if not upstreams:
             raise ForwardConfigError("no upstream resolvers")
         self.upstreams = tuple(upstreams)
         self.timeout = timeout          # one attempt at one upstream
         self.deadline = deadline        # everything for one query, all upstreams together
         self.clock = clock
+        self.caps = caps
         # Names under these are answered from the snapshot; cached() leaves them alone, since
         # a fallthrough entry (an upstream PTR) must not outlive the snapshot's NXDOMAIN.
         self._own_zones = tuple(name_to_wire(z).lower() for z in own_zones)
@@ -520,7 +528,7 @@ class Forwarder:
                         remaining = self.deadline - (time.monotonic() - start)
                         self._count("upstream_queries")
                         reply = self._tcp(up, msg, qid, max(0.05, min(self.timeout, remaining)))
-                entry = normalise(reply, self.clock())
+                entry = normalise(reply, self.clock(), self.caps)
             except socket.timeout as e:
                 self._failed(i, e, "timeout")
                 turn += 1

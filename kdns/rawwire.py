@@ -23,22 +23,31 @@ class WireError(ValueError):
     """A message we cannot walk (truncated, bad label, pointer loop)."""
 
 
-def skip_name(msg: bytes, off: int) -> int:
-    """Offset just after the (possibly compressed) name at ``off``."""
+def skip_name(msg: bytes, off: int, before: int | None = None) -> int:
+    """Offset just after the (possibly compressed) name at ``off``. With ``before`` (the start
+    of the record it owns), strictly: its pointer may only reach back into the question or an
+    earlier record (never the header, never forward), and the name is at most 255 octets."""
     end = len(msg)
+    first = off
     while True:
         if off >= end:
             raise WireError("name runs past the end of the message")
         n = msg[off]
         if n == 0:
             return off + 1
-        if n & 0xC0 == 0xC0:
+        if n >= 0xC0:
             if off + 2 > end:
                 raise WireError("truncated compression pointer")
+            if before is not None:
+                target = ((n & 0x3F) << 8) | msg[off + 1]
+                if target < 12 or target >= before:
+                    raise WireError("compression pointer outside the earlier records")
             return off + 2
         if n & 0xC0:
-            raise WireError("bad label type")
+            raise WireError("label longer than 63 octets (a label type other than 00)")
         off += n + 1
+        if before is not None and off - first > MAX_NAME:
+            raise WireError("name longer than 255 octets")
 
 
 def read_name(msg: bytes, off: int) -> tuple[bytes, int]:
@@ -108,17 +117,27 @@ def wire_to_name(wire: bytes) -> str:
 
 @dataclass(slots=True)
 class Query:
-    """What forwarding needs from a client's query."""
+    """A client's query as read off the wire: what the answer path and forwarding need."""
     id: bytes            # 2 bytes, as sent
     flags: int           # 16-bit header flags
     question: bytes      # the question section as sent (name case preserved)
-    name: bytes          # wire qname as sent
+    name: bytes          # wire qname as sent (never compressed: see parse_query)
     qtype: int
     qclass: int
     edns: bool           # the query carried an OPT RR
     udp_size: int        # its advertised payload size (512 without EDNS)
     do: bool             # its DO bit
     edns_version: int = 0
+    # The packet-cache key: the query after its ID, less any COOKIE option (RFC 7873: a server
+    # that does not do cookies ignores them, so a fresh client cookie must not split the cache).
+    packet_key: bytes = b""
+    tsig: tuple[int, int] | None = None    # (start, end) of a TSIG RR (RFC 8945), if signed
+    cookie: bool = False                   # a COOKIE option was cut out of packet_key
+    qname: str = ""      # presentation text, set by kdns.wire.decode for the answer path
+
+    @property
+    def rd(self) -> bool:
+        return bool(self.flags & 0x0100)
 
     @property
     def key(self) -> tuple[bytes, int, int, bool]:
@@ -126,8 +145,22 @@ class Query:
         return (self.name.lower(), self.qtype, self.qclass, self.do)
 
 
+OPT_COOKIE = 10          # RFC 7873
+T_TSIG = 250
+MAX_NAME = 255           # octets, RFC 1035 §2.3.4
+MAX_LABEL = 63
+
+
 def parse_query(msg: bytes) -> Query:
-    # Written for speed: the UDP loop calls this (via Forwarder.cached) on every packet-cache miss.
+    """Read a query strictly; WireError (answered FORMERR) on anything malformed.
+
+    Strict where leniency would be a hazard: a compression pointer in the question is refused,
+    since the only bytes before the question are the header, so a pointer there reads the ID as
+    a name (``c000``) and two queries with different IDs would share a cache entry. Labels over
+    63 octets, names over 255, options running past their OPT RR, a second OPT, a TSIG that is
+    not the last record and bytes after the last record are refused too (knot and CoreDNS
+    answer FORMERR)."""
+    # Written for speed: the UDP loop calls this on every packet-cache miss.
     size = len(msg)
     if size < 17:
         raise WireError("shorter than a DNS header and a question")
@@ -136,38 +169,72 @@ def parse_query(msg: bytes) -> Query:
         raise WireError(f"QDCOUNT {qd}, expected 1")
     off = 12
     try:
-        n = msg[off]
+        n = msg[12]
         while n:
-            if n > 63:
-                break
+            if n > MAX_LABEL:
+                raise WireError("compression pointer in the question" if n >= 0xC0 else
+                                "label longer than 63 octets (a label type other than 00)")
             off += n + 1
             n = msg[off]
     except IndexError:
         raise WireError("name runs past the end of the message") from None
-    if n:       # a compression pointer (or a bad label) in the question: the careful way
-        name, qend = read_name(msg, 12)
-    else:
-        qend = off + 1
-        name = msg[12:qend]
+    qend = off + 1
+    if qend - 12 > MAX_NAME:
+        raise WireError("name longer than 255 octets")
     if qend + 4 > size:
         raise WireError("truncated question")
     qtype, qclass = _TYPE_CLASS.unpack_from(msg, qend)
     off = qend + 4
+    question_end = off
     edns, udp_size, do, version = False, 512, False, 0
-    for i in range(an + ns + ar):
+    key = None
+    tsig = None
+    count = an + ns + ar
+    for i in range(count):
         rstart = off
-        off = skip_name(msg, off)
+        off = skip_name(msg, off, rstart)
         if off + 10 > size:
             raise WireError("truncated resource record")
         rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(msg, off)
-        off += 10 + rdlen
+        rdata = off + 10
+        off = rdata + rdlen
         if off > size:
             raise WireError("truncated rdata")
-        if rtype == T_OPT and i >= an + ns and msg[rstart] == 0:
+        if rtype == T_OPT:
+            if edns or i < an + ns or msg[rstart] != 0:
+                raise WireError("OPT RR not alone, not in the additional section, or not at the root")
             edns, udp_size, do = True, max(512, rclass), bool(ttl & 0x8000)
             version = (ttl >> 16) & 0xFF
-    return Query(msg[0:2], flags, msg[12:qend + 4], name, qtype, qclass, edns, udp_size, do,
-                 version)
+            key = _options_without_cookie(msg, rdata, off)
+        elif rtype == T_TSIG:
+            if i != count - 1:
+                raise WireError("TSIG RR is not the last record")
+            tsig = (rstart, off)
+    if off != size:
+        raise WireError("bytes after the last record")
+    return Query(msg[0:2], flags, msg[12:question_end], msg[12:qend], qtype, qclass, edns,
+                 udp_size, do, version, msg[2:] if key is None else key, tsig, key is not None)
+
+
+def _options_without_cookie(msg: bytes, start: int, end: int) -> bytes | None:
+    """The packet key (query after the ID) with a COOKIE option cut out of the OPT RR whose
+    rdata is msg[start:end]; None when there is no cookie. WireError if options overrun."""
+    p = start
+    cut = None
+    while p < end:
+        if p + 4 > end:
+            raise WireError("truncated EDNS option")
+        code, length = _TYPE_CLASS.unpack_from(msg, p)
+        nxt = p + 4 + length
+        if nxt > end:
+            raise WireError("EDNS option runs past its OPT RR")
+        if code == OPT_COOKIE and cut is None:
+            cut = (p, nxt)
+        p = nxt
+    if cut is None:
+        return None
+    rdlen = end - start - (cut[1] - cut[0])
+    return msg[2:start - 2] + rdlen.to_bytes(2, "big") + msg[start:cut[0]] + msg[cut[1]:]
 
 
 _HEADER = struct.Struct("!HHHHH")

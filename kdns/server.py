@@ -1,14 +1,11 @@
 """UDP and TCP transport, and the hot path.
 
-The hot path is a packet cache: the key is the query after its 2-byte ID (flags, question as
-sent, EDNS), the value is the response after its ID, and the generation is the Snapshot itself
-(a new snapshot starts a new cache, so nothing is ever scanned or stale). A hit costs one dict
-lookup and a slot in the next sendmmsg; dnslib parses and packs only on a miss (design.md, measured table).
-
-The packet cache is a plain dict, not a cachetools LRU: an LRU hit costs ~0.25 µs more (its
-reordering), measured as 5-25% fewer QPS with dnsperf here. It stays bounded by --cache-size by
-dropping its oldest quarter when full; hot names come back after one miss each, and every
-snapshot starts empty anyway. (The forwarding cache, with per-entry TTLs, is a cachetools TLRUCache.)
+The hot path is a packet cache (kdns.packetcache): the key is the query after its 2-byte ID
+(flags, question as sent, EDNS), the value is the response after its ID. An entry lives as long
+as the data it was read from: a new snapshot drops only the answers whose Service, namespace,
+PTR entry or pod it changed (Holder.changes), so a live cluster's churn does not empty it. A hit
+costs one dict lookup and a slot in the next sendmmsg; a miss is parsed and answered on raw bytes
+(kdns.rawwire, kdns.wire), a few microseconds, with no dnslib.
 
 Queries are counted in plain ints (kdns.metrics.QueryStats): a cache entry carries its stats
 cell, so a hit costs one more list increment and never a prometheus call or a lock.
@@ -24,7 +21,6 @@ loop never blocks; its answer goes out with a plain sendto.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import socket
 import struct
@@ -33,8 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
 
 from kdns import answer as ans
-from kdns import mmsg, wire
+from kdns import mmsg, rewrite, wire
 from kdns.metrics import COMPUTED, HITS, QueryStats
+from kdns.badinput import BadInputLog
+from kdns.packetcache import PacketCache, evict_oldest, rotated
 from kdns.snapshot import Holder, Snapshot
 
 log = logging.getLogger("kdns.server")
@@ -49,23 +47,28 @@ MAX_PENDING_FORWARDS = 1000
 
 class Server:
     def __init__(self, holder: Holder, listen: tuple[tuple[str, int], ...], cache_size: int = 20000,
-                 forwarder=None, batch: int = 64):
+                 forwarder=None, batch: int = 64, loadbalance: bool = True,
+                 rewrites: rewrite.Rules = rewrite.Rules(), max_forwards: int | None = None):
         self.holder = holder
         self.batch = batch        # datagrams per recvmmsg/sendmmsg (Config checks 1-1024); 1 = recvfrom
         self.listen = listen
         self.cache_size = max(1, cache_size)
         self.forwarder = forwarder
-        self._gen: Snapshot | None = None
-        self._cache: dict = {}
+        self.cache = PacketCache(holder, self.cache_size)
+        self.loadbalance = loadbalance          # rotate A/AAAA RRsets between answers
+        self.rewrites = rewrites                # --rewrite-name/--rewrite-suffix
+        self._turn = 0                          # the rotation of uncached (TCP) answers
         self._forward_memo: dict = {}           # query after ID -> (reply after ID, valid until, cell)
         self._udp: list[socket.socket] = []
         self._tcp: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="kdns-slow")
-        self._forward_slots = threading.BoundedSemaphore(MAX_PENDING_FORWARDS)
+        self._forward_slots = threading.BoundedSemaphore(
+            max(1, MAX_PENDING_FORWARDS if max_forwards is None else max_forwards))
         self._tcp_slots = threading.BoundedSemaphore(TCP_MAX_CONNECTIONS)
         self._stopping = threading.Event()
         self.stats = QueryStats()
+        self.bad = BadInputLog(log)
 
     # ------------------------------------------------------------------ lifecycle
     def bind(self) -> list[tuple[str, int]]:
@@ -113,19 +116,14 @@ class Server:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def cache_entries(self) -> int:
-        return len(self._cache)
+        return len(self.cache.entries)
 
     # ------------------------------------------------------------------ UDP
-    def _cache_for(self, snap: Snapshot) -> dict:
-        if self._gen is not snap:                # a new snapshot is a new generation
-            self._cache = {}
-            self._gen = snap
-        return self._cache
-
     def _udp_loop(self, sock: socket.socket) -> None:
         """One recvfrom and one sendto per query: the portable loop (and --udp-batch 1)."""
         recvfrom, sendto, holder = sock.recvfrom, sock.sendto, self.holder
-        gen, cache = None, self._cache
+        cache = self.cache
+        gen, lookup = None, cache.entries.get
         while True:
             try:
                 data, addr = recvfrom(4096)
@@ -135,13 +133,14 @@ class Server:
                 continue
             snap = holder.current
             if snap is not gen:
-                gen, cache = snap, self._cache_for(snap)
-            hit = cache.get(data[2:])
+                cache.sync(snap)                 # drop what the new snapshot changed
+                gen = snap
+            hit = lookup(data[2:])
             if hit is not None:
-                hit[1][HITS] += 1                # (response after the ID, its stats cell)
-                packet = data[:2] + hit[0]
+                hit[1][HITS] += 1                # [response after the ID, stats cell, deps, rotation]
+                packet = data[:2] + (hit[0] if hit[3] is None else rotated(hit))
             else:
-                packet = self._udp_miss(sock, data, snap, cache, lambda a=addr: a)
+                packet = self._udp_miss(sock, data, snap, lambda a=addr: a)
                 if packet is None:
                     continue
             try:
@@ -158,8 +157,8 @@ class Server:
         view, lengths, out_lengths, peer = batch.slots, batch.lengths, batch.out_lengths, batch.peer
         recv, send, slot, hits = batch.recv, batch.send, mmsg.SLOT, HITS
         holder, stopping = self.holder, self._stopping.is_set
-        gen, cache = None, self._cache
-        lookup = cache.get
+        cache = self.cache
+        gen, lookup = None, cache.entries.get
         while True:
             try:
                 n = recv()
@@ -171,19 +170,20 @@ class Server:
                 return                           # shutdown() wakes recvmmsg with empty datagrams
             snap = holder.current                # one snapshot for the whole batch
             if snap is not gen:
-                gen, cache = snap, self._cache_for(snap)
-                lookup = cache.get
+                cache.sync(snap)                 # drop what the new snapshot changed
+                gen = snap
             first, i, at = 0, -1, -slot
             for size in lengths[:n].tolist():
                 i += 1
                 at += slot
                 hit = lookup(view[at + 2:at + size].tobytes())
                 if hit is not None:
-                    hit[1][hits] += 1            # (response after the ID, its stats cell)
-                    end = at + 2 + len(hit[0])
-                    view[at + 2:end] = hit[0]
+                    hit[1][hits] += 1            # [response after the ID, stats cell, deps, rotation]
+                    tail = hit[0] if hit[3] is None else rotated(hit)
+                    end = at + 2 + len(tail)
+                    view[at + 2:end] = tail
                 else:
-                    packet = self._udp_miss(sock, view[at:at + size].tobytes(), snap, cache,
+                    packet = self._udp_miss(sock, view[at:at + size].tobytes(), snap,
                                             lambda i=i: peer(i))
                     if packet is None or len(packet) > slot:
                         if packet is not None:
@@ -198,10 +198,10 @@ class Server:
             if n > first:
                 send(first, n - first)
 
-    def _udp_miss(self, sock, data: bytes, snap: Snapshot, cache, peer) -> bytes | None:
-        """A query the packet cache does not hold: the forwarding cache (no dnslib, no thread
-        hop), else the full path. ``peer()`` gives the sender, asked for only when an answer
-        may come later from a worker. Returns the packet to send now, or None."""
+    def _udp_miss(self, sock, data: bytes, snap: Snapshot, peer) -> bytes | None:
+        """A query the packet cache does not hold: a memoised forwarded reply, else the full
+        path. ``peer()`` gives the sender, asked for only when an answer may come later from a
+        worker. Returns the packet to send now, or None."""
         forwarder = self.forwarder
         if forwarder is not None:
             # The same question within the same second of a forwarding-cache entry's life gets
@@ -212,19 +212,12 @@ class Server:
             if memo is not None and memo[1] > forwarder.clock():
                 memo[2][COMPUTED] += 1
                 return data[:2] + memo[0]
-            hit = forwarder.cached_until(data)
-            if hit is not None:
-                packet, until = hit
-                if len(self._forward_memo) >= self.cache_size:
-                    _evict_oldest(self._forward_memo)
-                self._forward_memo[key] = (packet[2:], until, self.stats.computed(packet, "udp"))
-                return packet
         addr = peer()
         try:
-            return self._respond(data, snap, cache, tcp=False,
+            return self._respond(data, snap, self.cache, tcp=False,
                                  reply=lambda p: self._udp_send(sock, p, addr))
-        except Exception:                        # a bad packet must never kill the loop
-            log.exception("internal error answering a UDP query")
+        except Exception as e:                   # a bad packet must never kill the loop
+            self.bad.exception("answering a UDP query", e)
             return None
 
     @staticmethod
@@ -235,7 +228,8 @@ class Server:
             pass
 
     # ------------------------------------------------------------------ the miss path
-    def _respond(self, data: bytes, snap: Snapshot, cache, tcp: bool, reply) -> bytes | None:
+    def _respond(self, data: bytes, snap: Snapshot, cache: PacketCache | None, tcp: bool,
+                 reply) -> bytes | None:
         """Answer one query. Returns the packet, or None when dropped or answered later via
         ``reply`` (forwarding). Cacheable answers go into ``cache``."""
         start = perf_counter()
@@ -246,15 +240,36 @@ class Server:
             self.stats.dropped += 1
             return None
         except wire.Reject as rej:
+            if rej.why:
+                self.bad.packet(rej.why)
             self.stats.computed(rej.packet, transport)
             return rej.packet
+        if cache is not None and query.cookie:
+            # The query carried a COOKIE option: its key without it may be cached already.
+            hit = cache.entries.get(query.packet_key)
+            if hit is not None:
+                hit[1][HITS] += 1
+                return data[:2] + (hit[0] if hit[3] is None else rotated(hit))
         try:
-            resp = ans.answer(snap, query.qname, query.qtype)
-        except Exception:
-            log.exception("internal error answering %s", query.qname)
+            if self.rewrites:
+                resp = rewrite.answer(snap, query.qname, query.qtype, self.rewrites)
+            else:
+                resp = ans.answer(snap, query.qname, query.qtype)
+        except Exception as e:
+            self.bad.exception("answering", e, query.qname)
             return self._counted(wire.servfail(query), transport)
         limit = MAX_TCP_MESSAGE if tcp else wire.udp_limit(query)
         if self.forwarder is not None and (resp.forward or resp.chase or resp.fallthrough):
+            if not tcp and resp.forward:
+                # The forwarding cache, asked only once the name is known to be outside our
+                # zones (an in-zone miss never pays for a second parse).
+                hit = self.forwarder.cached_until(data)
+                if hit is not None:
+                    packet, until = hit
+                    if len(self._forward_memo) >= self.cache_size:
+                        evict_oldest(self._forward_memo)
+                    self._forward_memo[data[2:]] = (packet[2:], until, self.stats.computed(packet, "udp"))
+                    return packet
             if tcp:
                 return self._counted(self._slow(data, query, resp, limit, tcp), transport)
             if not self._forward_slots.acquire(blocking=False):
@@ -263,14 +278,34 @@ class Server:
             return None
         if resp.forward:
             resp = ans.Response(ans.REFUSED, authoritative=False)   # no upstream configured
+        run = self._rotatable(query, resp)
+        if run and cache is None:
+            self._turn += 1                      # uncached: rotate the records themselves
+            turn = self._turn % run
+            resp.answer = resp.answer[turn:] + resp.answer[:turn]
         packet = wire.encode(query, resp, limit)
         cell = self.stats.computed(packet, transport)
         self.stats.observe(perf_counter() - start)
         if cache is not None:
-            if len(cache) >= self.cache_size:
-                _evict_oldest(cache)             # bounded: a flood of one-off names cannot grow it
-            cache[data[2:]] = (packet[2:], cell)
+            rotation = None
+            if run and not packet[2] & 0x02:     # a truncated answer is not rotated
+                size = 16 if query.qtype == ans.A else 28
+                first = len(query.question) + 10     # the answer section, after the ID
+                rotation = (first, first + run * size, size)
+            cache.put(query.packet_key, packet[2:], cell, resp.deps, snap.version, rotation)
         return packet
+
+    def _rotatable(self, query: wire.Query, resp: ans.Response) -> int:
+        """The number of records to rotate: an answer of several A (or AAAA) records owned by
+        the question itself (so each is a fixed-size, position-independent RR), else 0."""
+        answer = resp.answer
+        if not self.loadbalance or len(answer) < 2 or query.qtype not in (ans.A, ans.AAAA):
+            return 0
+        qname, qtype = query.qname, query.qtype
+        for owner, rtype, _, _ in answer:
+            if rtype != qtype or owner != qname:
+                return 0
+        return len(answer)
 
     def _counted(self, packet: bytes, transport: str) -> bytes:
         self.stats.computed(packet, transport)
@@ -322,8 +357,8 @@ class Server:
                     return
                 try:
                     packet = self._respond(data, self.holder.current, None, tcp=True, reply=None)
-                except Exception:
-                    log.exception("internal error answering a TCP query")
+                except Exception as e:
+                    self.bad.exception("answering a TCP query", e)
                     packet = None
                 if packet is None:
                     continue
@@ -333,13 +368,6 @@ class Server:
         finally:
             conn.close()
             self._tcp_slots.release()
-
-
-def _evict_oldest(cache: dict) -> None:
-    """Drop the oldest quarter of a full dict cache (dicts keep insertion order): FIFO in
-    batches, O(1) amortised per insert, and no cliff where every hot name misses at once."""
-    for key in list(itertools.islice(cache, max(1, len(cache) // 4))):
-        cache.pop(key, None)        # another UDP thread may have dropped it already
 
 
 def _recv_exact(conn: socket.socket, n: int) -> bytes | None:

@@ -13,81 +13,28 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping, NamedTuple
 
 from kdns import names
+from kdns.layered import LayeredMap
 from kdns.config import Config
 from kdns.objects import Cluster, EndpointSlice, Namespace, Pod, Service
 
 
 
-_GONE = object()
-
-
-class LayeredMap:
-    """A read-only map published as a big shared ``base`` plus a small ``delta`` of changes.
-
-    Publishing a change copies only the delta, so an event in a 100,000-endpoint cluster costs
-    O(changes since the last compaction), not O(cluster); the writer folds the delta into a new
-    base once it grows past ``COMPACT_AT`` (an amortised copy).
-    """
-
-    __slots__ = ("base", "delta")
-    COMPACT_AT = 2048
-
-    def __init__(self, base: dict | None = None, delta: dict | None = None):
-        self.base = base if base is not None else {}
-        self.delta = delta if delta is not None else {}
-
-    def get(self, key, default=None):
-        value = self.delta.get(key, _GONE)
-        if value is _GONE:
-            return self.base.get(key, default)
-        return default if value is None else value
-
-    def __contains__(self, key) -> bool:
-        return self.get(key) is not None
-
-    def __getitem__(self, key):
-        value = self.get(key)
-        if value is None:
-            raise KeyError(key)
-        return value
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self.keys())
-
-    def keys(self):
-        for key, value in self.delta.items():
-            if value is not None:
-                yield key
-        for key in self.base:
-            if key not in self.delta:
-                yield key
-
-    def __iter__(self):
-        return self.keys()
-
-    def items(self):
-        for key in self.keys():
-            yield key, self[key]
-
-    def values(self):
-        for key in self.keys():
-            yield self[key]
-
-    def with_changes(self, changes: dict) -> "LayeredMap":
-        """A new map with ``changes`` applied (value None deletes); self is not modified."""
-        delta = {**self.delta, **changes}
-        if len(delta) < self.COMPACT_AT:
-            return LayeredMap(self.base, delta)
-        base = {**self.base, **delta}
-        for key, value in delta.items():
-            if value is None:
-                del base[key]
-        return LayeredMap(base)
+# What an answer can depend on, as the Store names its changes (Holder.changes) and the answer
+# engine names what it read (Response.deps): a Service key (namespace, name); a namespace name
+# (its existence); an IP (its PTR targets); (namespace, pod IP) in --pods verified; and these
+# two: the apex NS set, and the SOA serial (new with every snapshot). They cannot collide:
+# namespace names are DNS labels, IPs hold '.' or ':', and these start with '@'.
+APEX_NS = "@ns"
+SERIAL = "@serial"
+# A hosts-file answer depends on (HOSTS, the question name, lower case with its trailing dot):
+# a tuple, so it cannot collide with the strings above nor with a Service key (namespace, name),
+# whose namespace is a DNS label.
+HOSTS = "@hosts"
 
 
 class SRVSet(NamedTuple):
@@ -109,7 +56,7 @@ class Node(NamedTuple):
 ENT = Node()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=True)
 class ServiceRecords:
     """Every name one Service owns, relative to <svc>.<ns>.svc.<zone>."""
     node: Node | None                                   # the service name itself; None = NXDOMAIN
@@ -138,6 +85,7 @@ class Snapshot:
     ptr: Mapping[str, str | tuple[str, ...]]            # ip -> PTR target(s) relative to the zone: one str, or a tuple (LayeredMap)
     pods: frozenset[tuple[str, str]] = frozenset()      # (namespace, ip) of verified pods
     ns_records: tuple[tuple[str, tuple[str, ...]], ...] = ()   # apex NS: (target rel, glue ips)
+    hosts: object = None                                # kdns.hosts.Hosts (--hosts), answered first
 
 
 def _weight(items: int) -> int:
@@ -178,6 +126,8 @@ def compile_service(svc: Service, slices: list[EndpointSlice], config: Config) -
             return ServiceRecords(Node(cname=svc.external_name))
 
     # Published endpoints: ready (or unknown) addresses of every IP slice, in slice order.
+    if config.noendpoints:
+        slices = []                                  # CoreDNS noendpoints: no endpoint records
     published: list[tuple[str, str, EndpointSlice]] = []          # (endpoint name, ip, slice)
     seen: set[tuple[str, str]] = set()
     one_address: dict[str, tuple[str]] = {}             # endpoint name -> its Endpoint's 1-tuple
@@ -192,6 +142,12 @@ def compile_service(svc: Service, slices: list[EndpointSlice], config: Config) -
                 published.append((name, ip, sl))
                 if len(ep.addresses) == 1:
                     one_address.setdefault(name, ep.addresses)
+
+    if config.ignore_empty_service and not published and not svc.headless:
+        # CoreDNS ignore empty_service: NXDOMAIN for the name; its cluster IPs still have PTRs.
+        addrs = svc.addresses
+        return ServiceRecords(None, ptr_ips=addrs, ptr_targets=(base,) * len(addrs),
+                              cluster_ptrs=len(addrs))
 
     ep_addrs: dict[str, dict[str, None]] = defaultdict(dict)
     ep_ports: dict[str, dict[int, None]] = defaultdict(dict)
@@ -268,12 +224,15 @@ class Store:
         self._ptr_owners: dict[str, tuple] = {}
         self._changed_records: dict = {}
         self._changed_ptr: dict = {}
+        # The deps (see APEX_NS) whose data the next publish changes; None = everything.
+        self._deps: set | None = None
         self._pub_records = LayeredMap()
         self._pub_ptr = LayeredMap()
         self._synced = False
         self._pods: frozenset | None = None     # cached verified-pod index, None = stale
         self._ns: tuple | None = None           # cached apex NS records, None = stale
         self._own_ip = ipaddress.ip_address(config.pod_ip).compressed if config.pod_ip else ""
+        self._hosts = None
         self.holder = Holder(self._snapshot())
 
     # ---- Sink
@@ -293,6 +252,7 @@ class Store:
             self._changed_records, self._changed_ptr = {}, {}
             self._synced = synced
             self._pods = self._ns = None
+            self._deps = None                   # a relist replaces everything
             self._publish()
 
     def apply(self, op: str, obj) -> None:
@@ -300,8 +260,19 @@ class Store:
             self._apply(op, obj)
             self._publish()
 
+    def set_hosts(self, hosts) -> None:
+        """Publish new hosts-file data (kdns.hosts.Hosts, or None): only the answers for names
+        whose hosts entries changed are dropped from the packet cache."""
+        with self._lock:
+            old, self._hosts = self._hosts, hosts
+            if self._deps is not None:
+                self._deps.update((HOSTS, name) for name in _hosts_changes(old, hosts))
+            self._publish()
+
     def set_synced(self, synced: bool) -> None:
         with self._lock:
+            if synced != self._synced:
+                self._deps = None               # every NXDOMAIN was a SERVFAIL, or the reverse
             self._synced = synced
             self._publish()
 
@@ -347,6 +318,8 @@ class Store:
         records, config = self._records, self.config
         by_service = self._slices_by_service
         for key, svc in self.cluster.services.items():
+            if not self._served(svc.namespace):
+                continue                    # --namespaces: as if it did not exist
             slices = by_service.get(key)
             records[key] = compile_service(svc, sorted(slices.values(), key=_slice_name) if slices else [],
                                            config)
@@ -384,12 +357,16 @@ class Store:
     def _recompile(self, key: tuple[str, str]) -> None:
         old = self._records.pop(key, None)
         svc = self.cluster.services.get(key)
+        if svc is not None and not self._served(svc.namespace):
+            svc = None                      # --namespaces: as if it did not exist
         new = None
         if svc is not None:
             slices = sorted(self._slices_by_service.get(key, {}).values(), key=lambda s: s.name)
             new = compile_service(svc, slices, self.config)
             self._records[key] = new
         self._changed_records[key] = new
+        if new != old and self._deps is not None:
+            self._deps.add(key)
         old_ips = set(old.ptr_ips) if old else set()
         new_ips = set(new.ptr_ips) if new else set()
         for ip in old_ips | new_ips:
@@ -420,19 +397,40 @@ class Store:
                 if pip == ip:
                     (cluster_ip if is_cluster else endpoint).append(target)
         targets = tuple(cluster_ip[:1] or dict.fromkeys(endpoint))
-        self._changed_ptr[ip] = (targets[0] if len(targets) == 1 else targets) or None
+        value = (targets[0] if len(targets) == 1 else targets) or None
+        self._changed_ptr[ip] = value
+        if self._deps is not None and value != self._pub_ptr.get(ip):
+            self._deps.add(ip)
+
+    def _served(self, namespace: str) -> bool:
+        return self.config.namespaces is None or namespace in self.config.namespaces
 
     def _ns_records(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
-        if self._own_ip:
-            for key in sorted(self._records):
-                rec = self._records[key]
-                for name, node in sorted(rec.endpoints.items()):
-                    if self._own_ip in node.addrs:
-                        svc = self.cluster.services[key]
-                        base = f"{svc.name}.{svc.namespace}.svc"
-                        if svc.headless:
-                            return ((f"{name}.{base}", node.addrs),)
-                        return ((base, svc.addresses),)
+        """The apex NS: every Service whose endpoints hold our pod IP, as CoreDNS's nsAddrs()
+        (ns.go): a Service by its name and cluster IPs, a headless one by every published
+        endpoint of the slice holding our IP (NodeLocal DNSCache's kube-dns-upstream selects the
+        same pods as kube-dns, so both are named). None of them: ns.dns with our addresses."""
+        found: dict[str, dict[str, None]] = {}
+        own, config = self._own_ip, self.config
+        for key in sorted(self._slices_by_service) if own and not config.noendpoints else ():
+            svc = self.cluster.services.get(key)
+            if svc is None or svc.external or not self._served(svc.namespace):
+                continue
+            base = f"{svc.name}.{svc.namespace}.svc"
+            for sl in sorted(self._slices_by_service[key].values(), key=lambda s: s.name):
+                published = [ep for ep in sl.endpoints if ep.ready or (svc.publish_not_ready
+                                                                      and config.publish_not_ready)]
+                if sl.address_type == "FQDN" or not any(own in ep.addresses for ep in published):
+                    continue
+                if not svc.headless:
+                    found.setdefault(base, {}).update(dict.fromkeys(svc.addresses))
+                    break
+                for ep in published:
+                    for ip in ep.addresses:
+                        name = _endpoint_name(ep, ip, config.endpoint_pod_names)
+                        found.setdefault(f"{name}.{base}", {})[ip] = None
+        if found:
+            return tuple((target, tuple(ips)) for target, ips in found.items())
         return (("ns.dns", self.config.ns_addresses),)
 
     def _publish(self) -> None:
@@ -442,18 +440,45 @@ class Store:
         if self._changed_ptr:
             self._pub_ptr = self._pub_ptr.with_changes(self._changed_ptr)
             self._changed_ptr = {}
-        self.holder.current = self._snapshot()
+        prev = self.holder.current
+        snap = self._snapshot()
+        deps = self._deps
+        if deps is not None:
+            deps.add(SERIAL)
+            deps.update(prev.namespaces.symmetric_difference(snap.namespaces))
+            if snap.pods is not prev.pods:
+                deps.update(prev.pods.symmetric_difference(snap.pods))
+            if snap.ns_records != prev.ns_records:
+                deps.add(APEX_NS)
+            deps = frozenset(deps)
+        self._deps = set()
+        self.holder.publish(snap, prev.version, deps)
 
     def _snapshot(self) -> Snapshot:
         prev = getattr(self, "holder", None)
         version = max(int(time.time()), prev.current.version + 1 if prev else 0)
         if self._pods is None:
-            self._pods = frozenset((p.namespace, p.ip) for p in self.cluster.pods.values() if p.active) \
+            self._pods = frozenset((p.namespace, p.ip) for p in self.cluster.pods.values()
+                                   if p.active and self._served(p.namespace)) \
                 if self.config.pods == "verified" else frozenset()
         if self._ns is None:
             self._ns = self._ns_records()
+        namespaces = frozenset(n for n in self.cluster.namespaces if self._served(n))
+        if prev is not None and namespaces == prev.current.namespaces:
+            namespaces = prev.current.namespaces       # one frozenset while nothing changes
         return Snapshot(version, self._synced, self.config, self.config.zones, self._pub_records,
-                        frozenset(self.cluster.namespaces), self._pub_ptr, self._pods, self._ns)
+                        namespaces, self._pub_ptr, self._pods, self._ns, self._hosts)
+
+
+def _hosts_changes(old, new) -> set[str]:
+    """The question names (lower case, trailing dot) whose hosts answers differ between two
+    kdns.hosts.Hosts (either may be None)."""
+    out: set[str] = set()
+    for attr in ("names", "reverse"):
+        a = getattr(old, attr, None) or {}
+        b = getattr(new, attr, None) or {}
+        out.update(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return out
 
 
 def _slice_name(sl: EndpointSlice) -> str:
@@ -461,10 +486,38 @@ def _slice_name(sl: EndpointSlice) -> str:
 
 
 class Holder:
-    """The one place a Snapshot is published; assignment is atomic under the GIL."""
+    """The one place a Snapshot is published; assignment is atomic under the GIL.
+
+    It also keeps a short log of what each publish changed (the deps, see APEX_NS), so that a
+    cache of answers can drop exactly the answers read from changed data, however many
+    snapshots it saw go by at once."""
+
+    LOG = 4096              # publishes remembered; a reader further behind drops everything
 
     def __init__(self, snapshot: Snapshot):
         self.current = snapshot
+        self._log: deque = deque(maxlen=self.LOG)    # (version, previous version, deps | None)
+
+    def publish(self, snapshot: Snapshot, previous: int, deps: frozenset | None) -> None:
+        # The log first: a reader that sees the new snapshot must find what it changed.
+        self._log.append((snapshot.version, previous, deps))
+        self.current = snapshot
+
+    def changes(self, since: int, upto: int) -> set | None:
+        """The deps changed by every publish after version ``since`` up to ``upto``, or None
+        when that cannot be told (a full reset among them, or the log no longer reaches back)."""
+        out: set = set()
+        expect = since
+        for version, previous, deps in list(self._log):    # a copy: the writer may append
+            if version <= since:
+                continue
+            if version > upto:
+                break
+            if previous != expect or deps is None:
+                return None
+            out |= deps
+            expect = version
+        return out if expect == upto else None
 
 
 def build(cluster: Cluster, config: Config, synced: bool = True) -> Snapshot:

@@ -262,5 +262,61 @@ def test_container_args_are_kdns_serve_flags(docs):
 
     argv = [a.replace("$(POD_IP)", "10.244.0.10") for a in args]
     parsed = build_parser().parse_args(argv)
-    assert parsed.http == ("0.0.0.0", 8080) and parsed.listen == [("0.0.0.0", 1053)]
+    assert parsed.http == [("0.0.0.0", 8080)] and parsed.listen == [("0.0.0.0", 1053)]
     assert parsed.pod_ip == "10.244.0.10" and parsed.lameduck == 5
+
+
+# ---------------------------------------------------------------- deploy/kdns-corefile.yaml
+
+COREFILE_MANIFEST = ROOT / "deploy" / "kdns-corefile.yaml"
+
+
+@pytest.fixture(scope="module")
+def corefile_docs() -> list[dict]:
+    return [d for d in yaml.safe_load_all(COREFILE_MANIFEST.read_text()) if d]
+
+
+def test_corefile_variant_differs_only_in_how_kdns_is_configured(docs, corefile_docs):
+    assert [d for d in corefile_docs if d["kind"] not in ("Deployment", "Service")] == \
+        [d for d in docs if d["kind"] not in ("Deployment", "Service")]
+    problems: list[str] = []
+    for doc in corefile_docs:
+        _check(doc, _model(doc["kind"], doc["apiVersion"]).__name__, doc["kind"], problems)
+    assert not problems, "\n".join(problems)
+    pod = one(corefile_docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["volumes"] == [{"name": "config-volume", "configMap": {"name": "coredns"}}]
+    (c,) = pod["containers"]
+    assert c["volumeMounts"] == [{"name": "config-volume", "mountPath": "/etc/coredns", "readOnly": True}]
+    assert c["args"] == ["serve", "--corefile", "/etc/coredns/Corefile", "--listen", "0.0.0.0:1053",
+                         "--pod-ip", "$(POD_IP)"]
+    assert c["readinessProbe"]["httpGet"]["port"] == 8181      # the Corefile's ready
+    assert c["livenessProbe"]["httpGet"]["port"] == 8080       # the Corefile's health
+    svc = one(corefile_docs, "Service")
+    assert {(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {(53, 1053), (9153, 9153)}
+
+
+def test_corefile_variant_runs_kubeadms_corefile(tmp_path):
+    """The container's command line with kubeadm's Corefile at its mount path: kdns starts and
+    answers, the Corefile's three HTTP ports replaced by loopback ones only for the test."""
+    from conftest import DATA, Kdns
+
+    (c,) = one([d for d in yaml.safe_load_all(COREFILE_MANIFEST.read_text()) if d],
+               "Deployment")["spec"]["template"]["spec"]["containers"]
+    corefile = (DATA / "corefiles" / "kubeadm").read_text()
+    for port in ("8080", "8181", "9153"):
+        corefile = corefile.replace(f":{port}", ":0")
+    corefile = corefile.replace("health {", "health 127.0.0.1:0 {").replace("ready\n", "ready 127.0.0.1:0\n")
+    path = tmp_path / "Corefile"
+    path.write_text(corefile.replace("prometheus :0", "prometheus 127.0.0.1:0"))
+    args = [a for a in c["args"][1:]]
+    args[args.index("/etc/coredns/Corefile")] = str(path)
+    args[args.index("$(POD_IP)")] = "10.244.0.10"
+    del args[args.index("--listen"):args.index("--listen") + 2]     # Kdns listens on loopback
+    s = Kdns(*args, "--manifests", str(DATA / "cluster.yaml"))
+    try:
+        resp = s.query("kube-dns.kube-system.svc.cluster.local.", "A")
+        assert [rr.to_text() for rr in resp.answer] == ["kube-dns.kube-system.svc.cluster.local. 30 IN A 10.96.0.10"]
+        assert s.log().count("(/health, /ready, /metrics)") == 3
+    finally:
+        log = s.stop()
+    assert s.proc.returncode == 0, log

@@ -157,7 +157,7 @@ def many_files(tmp_path):
     for n in range(6):
         (tmp_path / f"f{n}.yaml").write_text(
             service(f"s{n}", f"10.96.1.{n + 1}", ns=f"ns{n % 2}") + "---\n" + endpoints(f"s{n}", f"10.244.1.{n + 1}", ns=f"ns{n % 2}")
-            + "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n")
+            + "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: d}\n")
     return tmp_path
 
 
@@ -167,7 +167,7 @@ def test_worker_processes_load_the_same_cluster(many_files, monkeypatch, caplog)
     caplog.set_level("INFO", logger="kdns.manifests")
     parallel = manifests.load([many_files])
     assert "parsing them here" not in caplog.text          # the workers did it
-    assert "skipping 6 Deployment object(s)" in caplog.text
+    assert "skipping 6 ConfigMap object(s)" in caplog.text
     for table in ("services", "slices", "namespaces", "pods"):
         assert getattr(parallel, table) == getattr(serial, table)
     assert len(parallel.services) == 6

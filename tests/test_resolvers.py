@@ -340,3 +340,33 @@ def test_forwarding_loop_through_a_real_resolver_is_fatal(pod):
         assert "Traceback" not in k.log()
     finally:
         k.stop()
+
+
+# ------------------------------------------------------------------------- kdns explain agrees
+
+def test_explain_walk_agrees_with_the_real_resolvers(pod, musl_gai):
+    """`kdns explain --from default` replays what glibc and musl do in this pod: the same names
+    resolve, to the same canonical name, and the same fail (its --ask completes the walk past
+    the cluster zone through the running kdns and its upstream)."""
+    ns, _, _ = pod
+    names = ["webapp", "webapp.default", "web.prod", "www.example.com", "ext", "prod", "nope"]
+    for resolver in ("glibc", "musl"):
+        for name in names:
+            if resolver == "musl":
+                real = ns.exec(musl_gai, "-4", name)
+                rows = _lines(real.stdout)
+                canon = rows[0][2] if real.returncode == 0 else None
+            else:
+                real = ns.exec("getent", "ahostsv4", name)
+                rows = _lines(real.stdout)
+                canon = rows[0][2] if real.returncode == 0 else None
+            got = ns.exec(sys.executable, "-m", "kdns", "--log-level", "error", "explain",
+                          "--manifests", str(DATA / "resolvers-cluster.yaml"), "--from", "default",
+                          "--resolver", resolver, name, "A", "--ask", KDNS_IP, "--format", "json")
+            assert got.returncode in (0, 1), (resolver, name, got.stdout, got.stderr)
+            walk = json.loads(got.stdout)["walk"]
+            assert (got.returncode == 0) == (canon is not None), (resolver, name, walk["outcome"])
+            if canon is not None and name != "ext":
+                assert walk["answered_by"] == canon + ".", (resolver, name)
+            elif name == "ext":
+                assert walk["answered_by"] == "ext.default.svc.cluster.local.", resolver

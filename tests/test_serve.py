@@ -272,7 +272,8 @@ def test_app_manifests_skip_other_kinds_and_allocate_stable_ips():
         ip = first.answer[0][0].address
         assert ip.startswith("10.") and first.rcode() == dns.rcode.NOERROR
         log = server.stop()
-        assert "skipping 1 Deployment object(s)" in log
+        assert "Deployment object(s)" not in log            # a Deployment makes pods now
+        assert "derived 2 pods for Deployment shop/frontend" in log
         assert "skipping 1 ConfigMap object(s)" in log
         assert f"allocated clusterIP {ip} to Service shop/frontend" in log
     finally:

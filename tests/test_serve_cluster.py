@@ -160,11 +160,17 @@ def test_bad_kubeconfig_is_a_clear_error(tmp_path):
     assert out.strip() == f"kdns: kubeconfig {tmp_path / 'missing'}: no such file"
 
 
-def test_manifests_and_kubeconfig_are_exclusive(api, tmp_path):
-    server = Kdns("--kubeconfig", api.kubeconfig(tmp_path / "kc"), "--manifests", str(tmp_path), wait=False)
+def test_bad_manifests_beside_the_api_stop_startup(api, tmp_path):
+    # --manifests with --kubeconfig adds static objects to the cluster's (test_kube_options.py);
+    # a bad manifest stops startup as it does alone.
+    (tmp_path / "bad.yaml").write_text("apiVersion: v1\nkind: Service\nmetadata: {name: x}\n"
+                                       "spec: {clusterIP: 10.96.0.300}\n")
+    server = Kdns("--kubeconfig", api.kubeconfig(tmp_path / "kc"), "--manifests",
+                  str(tmp_path / "bad.yaml"), wait=False)
     server.proc.wait(30)
     out = server.stop()
-    assert server.proc.returncode == 2 and "are two different sources; use one" in out
+    assert server.proc.returncode == 2, out
+    assert "field spec.clusterIP: invalid IP address '10.96.0.300'" in out
 
 
 def test_kdns_env_reads_the_same_source(api, tmp_path):

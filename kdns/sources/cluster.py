@@ -31,7 +31,7 @@ import os
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Mapping
 
 import urllib3
@@ -117,9 +117,15 @@ def lister(api: client.ApiClient, kind: Kind) -> Callable[..., Any]:
     return call
 
 
-def kinds_for(pods: bool) -> list[Kind]:
-    names = ["services", "endpointslices", "namespaces"] + (["pods"] if pods else [])
-    return [KINDS[n] for n in names]
+def kinds_for(pods: bool, labels: str | None = None, endpoints: bool = True) -> list[Kind]:
+    """The kinds to list and watch: ``labels`` (--labels) selects Services in the API itself;
+    without ``endpoints`` (--noendpoints) no EndpointSlice is watched, as CoreDNS."""
+    names = ["services"] + (["endpointslices"] if endpoints else []) + ["namespaces"] \
+        + (["pods"] if pods else [])
+    kinds = [KINDS[n] for n in names]
+    if labels:
+        kinds[0] = replace(kinds[0], label_selector=labels)
+    return kinds
 
 
 # --------------------------------------------------------------------------- the store (pure)
@@ -450,10 +456,11 @@ class ClusterSource:
 
     def __init__(self, sink: Sink, kubeconfig: str | None = None, context: str | None = None,
                  in_cluster: bool = False, pods: bool = False, *, timeouts: Timeouts = Timeouts(),
-                 configuration: client.Configuration | None = None):
+                 configuration: client.Configuration | None = None, labels: str | None = None,
+                 endpoints: bool = True):
         self.sink = sink
         self.timeouts = timeouts
-        self.kinds = kinds_for(pods)
+        self.kinds = kinds_for(pods, labels, endpoints)
         self.configuration = configuration or load_configuration(kubeconfig, context, in_cluster)
         self.store = Store()
         self.stats = Stats()

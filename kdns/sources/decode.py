@@ -57,14 +57,10 @@ Int = int | None
 Bool = bool | None
 
 
-class Labels(_S):
-    service_name: Str = msgspec.field(default=None, name="kubernetes.io/service-name")
-
-
 class Meta(_S):
     name: Str = None
     namespace: Str = None
-    labels: Labels | None = None
+    labels: dict[str, Any] | None = None           # all of them: --labels selects on them
     resourceVersion: Str = None
     continue_: Str = msgspec.field(default=None, name="continue")
     deletionTimestamp: Any = None
@@ -74,6 +70,7 @@ class Port(_S):
     name: Str = None
     port: Int = None
     protocol: Str = None
+    targetPort: Any = None                         # int or a name: the slice controller's
 
 
 class Conditions(_S):
@@ -110,6 +107,7 @@ class Spec(_S):                         # Service and Pod fields share the one s
     externalName: Str = None
     ports: list[Port] | None = None
     publishNotReadyAddresses: Bool = None
+    selector: dict[str, Any] | None = None
     hostname: Str = None
     subdomain: Str = None
     enableServiceLinks: Bool = None
@@ -223,6 +221,11 @@ def json_document(data: bytes) -> Document:
     return _typed(_DOCUMENT, data)
 
 
+def kinds(doc: Document) -> set:
+    """The kinds in a decoded document (its items' too)."""
+    return {doc.kind, *(i.kind for i in doc.items or ())}
+
+
 def items(doc: Document) -> Iterator[tuple[int | None, dict]]:
     """A decoded document's objects as dicts: (None, doc) or (j, items[j]) of a List, as the
     manifest reader numbers them."""
@@ -266,6 +269,8 @@ def _check_ports(ports: list[Port] | None) -> None:
     for p in ports or ():
         _check(p.name)
         _check(p.protocol)
+        if type(p.targetPort) is str:
+            _check(p.targetPort)
 
 
 _IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
@@ -282,8 +287,10 @@ def _strings_as_pyyaml(obj: Object) -> None:
     if m is not None:
         _check(m.name)
         _check(m.namespace)
-        if m.labels is not None:
-            _check(m.labels.service_name)
+        for k, v in (m.labels or {}).items():
+            _check(k)
+            if type(v) is str:
+                _check(v)
         if isinstance(m.deletionTimestamp, str):
             _check(m.deletionTimestamp)
     spec = obj.spec
@@ -292,6 +299,10 @@ def _strings_as_pyyaml(obj: Object) -> None:
             _check(v)
         for v in spec.clusterIPs or ():
             _check(v)
+        for k, v in (spec.selector or {}).items():
+            _check(k)
+            if type(v) is str:
+                _check(v)
         _check_ports(spec.ports)
     if obj.status is not None:
         _check(obj.status.podIP)

@@ -26,9 +26,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
-from kdns import objects
+from kdns import objects, selector
 from kdns.objects import Cluster, FieldError, short, short_str
-from kdns.sources import decode
+from kdns.sources import controllers, decode, workloads
 
 log = logging.getLogger("kdns.manifests")
 
@@ -212,22 +212,34 @@ _TABLES = {objects.Service: "services", objects.EndpointSlice: "slices",
            objects.Namespace: "namespaces", objects.Pod: "pods"}
 
 _PARSERS: dict[str, Callable[[Any], Any]] = {
-    "Service": objects.service_from_dict,
+    # A Service and a Pod also give what the EndpointSlice controller reads of them (selector,
+    # targetPorts; labels, container ports), for controllers.derive.
+    "Service": lambda doc: [objects.service_from_dict(doc), *workloads.selector_from_dict(doc)],
     "EndpointSlice": objects.endpointslice_from_dict,
     "Endpoints": objects.endpoints_from_dict,
     "Namespace": objects.namespace_from_dict,
-    "Pod": objects.pod_from_dict,
+    "Pod": lambda doc: [objects.pod_from_dict(doc), *workloads.readable(workloads.bare_pod_from_dict, doc)],
+    **{kind: (lambda doc: workloads.readable(workloads.workload_from_dict, doc))
+       for kind in workloads.WORKLOAD_KINDS},
 }
 
 
 def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
-         files: dict | None = None) -> Cluster:
+         files: dict | None = None, *, derive: workloads.Options = workloads.Options(),
+         origins: dict | None = None, derived: list | None = None,
+         labels: str | None = None) -> Cluster:
     """Parse manifests into a Cluster; raise ManifestError listing every problem.
 
     ``files`` (the Watcher's): path -> ((mtime, size), objects) of files that parsed cleanly;
     a file whose stamp is unchanged is not read again, and the dict is updated in place.
+    Workloads become pods and EndpointSlices (``derive``: --pod-cidr, --nodes). ``origins``,
+    when given, gets (kind, namespace, name) -> "file, document N" of every object read, and
+    ``derived`` the controllers.Derived (both for `kdns explain` and `kdns env --workload`).
+    ``labels``: a label selector (--labels); Services it does not select are left out.
     """
     cluster = Cluster()
+    inputs: dict[tuple, Any] = {}
+    unreadable: list[str] = []
     problems: list[str] = []
     skipped: dict[str, int] = {}
     seen_ns: set[str] = set(ALWAYS_NAMESPACES)
@@ -242,7 +254,7 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
         if hit is not None and stamps[path] is not None and hit[0] == stamps[path]:
             cached[path] = hit[1]
     parsed = dict(zip((p for p in found if p not in cached),
-                      _parse_files([p for p in found if p not in cached], stamps)))
+                      _parse_files([p for p in found if p not in cached], stamps, labels)))
     for path in found:
         if path in cached:
             # no document index for objects from the cache: a clash below reads all again
@@ -258,6 +270,18 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
                 else:
                     files.pop(str(path), None)
         for where, obj in objs:
+            if origins is not None:
+                origins.setdefault(_origin_key(obj), str(where))
+            if isinstance(obj, workloads.Unreadable):
+                unreadable.append(f"{where}: {obj.what}: field {obj.path}: {obj.message}; no "
+                                  f"endpoints derived from it")
+                continue
+            if isinstance(obj, workloads.INPUT_TYPES):
+                if obj.key in inputs and inputs[obj.key] != obj:
+                    problems.append(f"{where}: {obj.key[0]}/{obj.key[1]}/{obj.key[2]}: defined "
+                                    f"twice with different content")
+                inputs[obj.key] = obj
+                continue
             key = obj.key if not isinstance(obj, objects.Namespace) else obj.name
             table = getattr(cluster, _TABLES[type(obj)])
             if key in table and table[key] != obj:
@@ -267,29 +291,47 @@ def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
             seen_ns.add(obj.name if isinstance(obj, objects.Namespace) else obj.namespace)
     for kind, count in sorted(skipped.items()):
         log.info("skipping %d %s object(s): kdns serves Services, EndpointSlices, Endpoints, "
-                 "Namespaces and Pods", count, kind)
+                 "Namespaces, Pods and the workloads that make pods", count, kind)
     if problems:
         if reused:
             # A clash with an object from a file not re-read: its lines lack the document
             # index; read everything again for messages that name it.
-            return load(paths, service_cidr, None)
+            return load(paths, service_cidr, None, derive=derive, origins=origins, derived=derived,
+                        labels=labels)
         raise ManifestError(problems)
     # A namespace exists when a Namespace object names it or any object lives in it.
+    seen_ns |= {obj.namespace for obj in inputs.values()}
     for ns in sorted(seen_ns - set(cluster.namespaces)):
         cluster.namespaces[ns] = objects.Namespace(ns)
     allocate_cluster_ips(cluster, service_cidr)
+    if inputs or unreadable:
+        try:
+            made = controllers.derive(cluster, list(inputs.values()), derive, unreadable)
+        except ValueError as exc:
+            raise ManifestError([str(exc)]) from None
+        if derived is not None:
+            derived.append(made)
     return cluster
 
 
-def _parse_file(path: Path) -> tuple[list, list[str], dict[str, int]]:
+def _origin_key(obj) -> tuple[str, str, str]:
+    if isinstance(obj, objects.Namespace):
+        return ("Namespace", "", obj.name)
+    if isinstance(obj, workloads.INPUT_TYPES):
+        return obj.key
+    return (type(obj).__name__, obj.namespace, obj.name)
+
+
+def _parse_file(path: Path, labels: str | None = None) -> tuple[list, list[str], dict[str, int]]:
     """One file: its (where, object) pairs, its problems, the kinds it skipped (picklable, for
     the worker processes of _parse_files)."""
     problems: list[str] = []
     skipped: dict[str, int] = {}
-    return list(_file_objects(path, problems, skipped)), problems, skipped
+    return list(_file_objects(path, problems, skipped, labels)), problems, skipped
 
 
-def _parse_files(paths: list[Path], stamps: dict) -> list[tuple[list, list[str], dict[str, int]]]:
+def _parse_files(paths: list[Path], stamps: dict,
+                 labels: str | None = None) -> list[tuple[list, list[str], dict[str, int]]]:
     """_parse_file of each path, in order. Parsing YAML is CPU-bound (libyaml composes, PyYAML's
     Python constructors build: ~30 s for a 10,000-Service dump on one core), so past
     PARALLEL_BYTES the files are shared out to worker processes (``python -c``, never a fork: a
@@ -300,14 +342,14 @@ def _parse_files(paths: list[Path], stamps: dict) -> list[tuple[list, list[str],
     size = sum(stamps[p][1] for p in paths if stamps.get(p))
     if workers > 1 and size >= PARALLEL_BYTES:
         try:
-            return _in_workers(paths, stamps, workers)
+            return _in_workers(paths, stamps, workers, labels)
         except (OSError, EOFError, pickle.UnpicklingError, subprocess.SubprocessError) as exc:
             log.warning("parsing the manifests in %d processes failed (%s); parsing them here",
                         workers, exc)
-    return [_parse_file(p) for p in paths]
+    return [_parse_file(p, labels) for p in paths]
 
 
-def _in_workers(paths: list[Path], stamps: dict, workers: int) -> list:
+def _in_workers(paths: list[Path], stamps: dict, workers: int, labels: str | None = None) -> list:
     shares: list[list[int]] = [[] for _ in range(workers)]
     loads = [0] * workers
     for i in sorted(range(len(paths)), key=lambda i: -(stamps.get(paths[i]) or (0, 0))[1]):
@@ -322,7 +364,7 @@ def _in_workers(paths: list[Path], stamps: dict, workers: int) -> list:
     results: list = [None] * len(paths)
     try:
         for proc, share in zip(procs, shares):
-            proc.stdin.write(pickle.dumps([paths[i] for i in share]))
+            proc.stdin.write(pickle.dumps(([paths[i] for i in share], labels)))
             proc.stdin.close()
         for proc, share in zip(procs, shares):
             for i, result in zip(share, pickle.load(proc.stdout)):
@@ -339,8 +381,8 @@ def _in_workers(paths: list[Path], stamps: dict, workers: int) -> list:
 
 def _worker() -> None:
     """A worker process of _in_workers: paths in (pickled, on stdin), results out (stdout)."""
-    paths = pickle.load(sys.stdin.buffer)
-    pickle.dump([_parse_file(p) for p in paths], sys.stdout.buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    paths, labels = pickle.load(sys.stdin.buffer)
+    pickle.dump([_parse_file(p, labels) for p in paths], sys.stdout.buffer, protocol=pickle.HIGHEST_PROTOCOL)
     sys.stdout.buffer.flush()
 
 
@@ -352,8 +394,10 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
-def _file_objects(path: Path, problems: list[str], skipped: dict[str, int]) -> Iterator[tuple[Any, Any]]:
+def _file_objects(path: Path, problems: list[str], skipped: dict[str, int],
+                  labels: str | None = None) -> Iterator[tuple[Any, Any]]:
     """(where, object) for every object kdns serves in one file; problems named as load's."""
+    selected = selector.parse(labels) if labels else None
     for where, doc in _fast_documents(path, problems):
         if not isinstance(doc, dict):
             problems.append(f"{where}: {_describe(doc)}: must be a mapping with apiVersion and kind")
@@ -366,6 +410,8 @@ def _file_objects(path: Path, problems: list[str], skipped: dict[str, int]) -> I
         if parse is None:
             skipped[kind] = skipped.get(kind, 0) + 1
             continue
+        if selected is not None and kind == "Service" and not selected(selector.labels_of(doc)):
+            continue                         # --labels: as the API's labelSelector would
         if kind == "EndpointSlice" and doc.get("apiVersion") not in (None, "discovery.k8s.io/v1"):
             problems.append(f"{where}: {_describe(doc)}: field apiVersion: EndpointSlice must be "
                             f"discovery.k8s.io/v1, got {short(doc.get('apiVersion'))}")
@@ -389,7 +435,11 @@ def _fast_documents(path: Path, problems: list[str]) -> Iterator[tuple[Any, Any]
         if path.suffix == ".json":
             docs: Any = [(0, decode.json_document(data))]
         else:
-            docs = decode.yaml_documents(data)
+            docs = list(decode.yaml_documents(data))
+        # Pods and workloads are read whole (their pod templates are compared as JSON):
+        # the Structs carry only what the other kinds need.
+        if any(d is not None and decode.kinds(d) & _WHOLE for _, d in docs):
+            raise decode.Unsure("Pods or workloads")
     except (OSError, UnicodeDecodeError, decode.Unsure):
         yield from _file_documents(path, problems)
         return
@@ -399,6 +449,9 @@ def _fast_documents(path: Path, problems: list[str]) -> Iterator[tuple[Any, Any]
             continue
         for j, obj in decode.items(doc):
             yield _Where(path, index, j), obj
+
+
+_WHOLE = frozenset(("Pod", *workloads.WORKLOAD_KINDS))
 
 
 def _describe_object(obj) -> str:
@@ -452,9 +505,12 @@ class Watcher:
     # Past this many changed objects, one reset (a full recompile) beats event by event.
     RESET_ABOVE = 2000
 
-    def __init__(self, paths: list, service_cidr: str, sink, interval: float = 2.0):
+    def __init__(self, paths: list, service_cidr: str, sink, interval: float = 2.0,
+                 derive: workloads.Options = workloads.Options(), labels: str | None = None):
         self.paths = paths
+        self.labels = labels
         self.service_cidr = service_cidr
+        self.derive = derive
         self.sink = sink
         self.interval = interval
         self._stop = threading.Event()
@@ -464,10 +520,12 @@ class Watcher:
         self._cluster: Cluster | None = None
 
     @classmethod
-    def loaded(cls, paths: list, service_cidr: str, sink, interval: float = 2.0) -> tuple["Watcher", Cluster]:
+    def loaded(cls, paths: list, service_cidr: str, sink, interval: float = 2.0,
+               derive: workloads.Options = workloads.Options(),
+               labels: str | None = None) -> tuple["Watcher", Cluster]:
         """Load the manifests (ManifestError on problems) and a Watcher that knows them."""
-        watcher = cls(paths, service_cidr, sink, interval)
-        cluster = load(paths, service_cidr, watcher._files)
+        watcher = cls(paths, service_cidr, sink, interval, derive, labels)
+        cluster = load(paths, service_cidr, watcher._files, derive=derive, labels=labels)
         watcher._cluster = cluster
         return watcher, cluster
 
@@ -492,7 +550,8 @@ class Watcher:
             return
         self._seen = stamp
         try:
-            cluster = load(self.paths, self.service_cidr, self._files)
+            cluster = load(self.paths, self.service_cidr, self._files, derive=self.derive,
+                           labels=self.labels)
         except ManifestError as exc:
             for line in exc.problems:
                 log.error("%s", line)

@@ -1,0 +1,117 @@
+"""The packet cache: answers kept exactly as long as the data they were read from.
+
+Key: the query after its 2-byte ID (flags, question as sent, EDNS; a COOKIE option cut out).
+Value: [the response after its ID, its stats cell, the deps it was read from, its rotation or
+None]. The UDP loops look keys up with a bare ``dict.get``, no lock and no check, so a hit costs
+what it cost when the cache was emptied at every snapshot.
+
+Rotation (--loadbalance, as kubeadm's Corefile has CoreDNS's loadbalance): an answer section of
+several A or AAAA records whose owner is the question pointer is a run of equal-sized,
+position-independent RRs, so each hit can serve it rotated by one more record with four slices,
+with no re-encoding and nothing precomputed per rotation.
+
+Validity follows the data, not the snapshot: ``sync`` is called by a UDP loop when it sees a new
+snapshot, and drops only the entries whose deps (a Service, a namespace, an IP's PTR, a pod; see
+kdns.snapshot.APEX_NS) changed since the version the cache last synced to, as the Holder's log
+tells. ``put`` keeps an answer only if it was computed from the snapshot the cache is synced
+to, so an answer computed from data that changed meanwhile can never be stored after its
+invalidation went by. In-zone answers are therefore always those of the current snapshot
+(a negative answer's SOA serial may be that of the snapshot it was computed from).
+
+Bounded by --cache-size: a full cache drops its oldest quarter (dicts keep insertion order),
+FIFO in batches, O(1) amortised per insert. A plain dict, not a cachetools LRU: an LRU hit
+costs ~0.25 µs more (its reordering), measured as 5-25% fewer QPS with dnsperf here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+
+class PacketCache:
+    def __init__(self, holder, size: int):
+        self.holder = holder
+        self.size = max(1, size)
+        self.entries: dict[bytes, tuple] = {}
+        self._by_dep: dict[object, dict[bytes, None]] = {}     # dep -> keys read from it
+        self.version = holder.current.version                  # synced up to this snapshot
+        self._lock = threading.Lock()
+        self.dropped = 0          # entries dropped because their data changed (for tests, metrics)
+        self.flushes = 0          # times everything was dropped (a relist, a sync change)
+
+    def sync(self, snap) -> None:
+        """Drop the answers that the snapshots after ``self.version`` up to ``snap`` changed."""
+        with self._lock:
+            if snap.version <= self.version:
+                return
+            changed = self.holder.changes(self.version, snap.version)
+            if changed is None:
+                self.dropped += len(self.entries)
+                self.flushes += 1
+                self.entries.clear()         # clear(), not a new dict: the loops hold its .get
+                self._by_dep.clear()
+            else:
+                by_dep = self._by_dep
+                for dep in changed:
+                    keys = by_dep.pop(dep, None)
+                    if keys:
+                        for key in keys:
+                            self._drop(key)
+            self.version = snap.version
+
+    def put(self, key: bytes, tail: bytes, cell, deps, version: int, rotation=None) -> None:
+        """``rotation``: (start, end, record size) of a rotatable run of records in ``tail``."""
+        with self._lock:
+            if version != self.version:
+                return                       # computed from a snapshot the cache has moved past
+            if key in self.entries:
+                self._drop(key)              # another thread answered the same miss
+            if len(self.entries) >= self.size:
+                for old in list(itertools.islice(self.entries, max(1, len(self.entries) // 4))):
+                    self._drop(old)
+            deps = tuple(deps)          # a dep named twice is dropped twice: harmless
+            self.entries[key] = [tail, cell, deps,
+                                 None if rotation is None else [0, *rotation]]
+            by_dep = self._by_dep
+            for dep in deps:
+                keys = by_dep.get(dep)
+                if keys is None:
+                    by_dep[dep] = {key: None}
+                else:
+                    keys[key] = None
+
+    def _drop(self, key: bytes) -> None:
+        """Remove an entry and every index reference to it (so the index never outgrows the
+        entries, whatever names clients make up). Caller holds the lock."""
+        entry = self.entries.pop(key, None)
+        if entry is None:
+            return
+        self.dropped += 1
+        by_dep = self._by_dep
+        for dep in entry[2]:
+            keys = by_dep.get(dep)
+            if keys is not None:
+                keys.pop(key, None)
+                if not keys:
+                    del by_dep[dep]
+
+
+def rotated(entry: list) -> bytes:
+    """The entry's response with its record run rotated one record further than last time."""
+    tail = entry[0]
+    rot = entry[3]
+    turn, start, end, size = rot
+    turn += size
+    if turn >= end - start:
+        turn = 0
+    rot[0] = turn                    # two threads may serve the same turn: harmless
+    cut = start + turn
+    return tail[:start] + tail[cut:end] + tail[start:cut] + tail[end:]
+
+
+def evict_oldest(cache: dict) -> None:
+    """Drop the oldest quarter of a full dict cache (dicts keep insertion order): FIFO in
+    batches, O(1) amortised per insert, and no cliff where every hot name misses at once."""
+    for key in list(itertools.islice(cache, max(1, len(cache) // 4))):
+        cache.pop(key, None)        # another UDP thread may have dropped it already

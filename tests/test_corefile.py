@@ -1,0 +1,273 @@
+"""`kdns corefile` and `kdns serve --corefile`: kubeadm's default Corefile verbatim, the examples of
+the Kubernetes "Customizing DNS Service" page, a kube-dns ConfigMap, and unsupported input with
+its exact error lines. Every translation that can run is run, and answers are checked with
+dnspython; upstreams are stubs on loopback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.request
+
+import dns.rcode
+import pytest
+
+from conftest import DATA, ROOT, Kdns
+from dnsstub import Stub
+
+CLUSTER = str(DATA / "cluster.yaml")
+COREFILES = DATA / "corefiles"
+
+
+def kdns_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kdns", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+
+
+def answers(server: Kdns, name: str, rdtype: str = "A") -> tuple[str, list[str]]:
+    resp = server.query(name, rdtype)
+    return dns.rcode.to_text(resp.rcode()), sorted(
+        f"{rrset.name} {rrset.ttl} {rd.to_text()}" for rrset in resp.answer for rd in rrset)
+
+
+@pytest.fixture
+def upstream():
+    stub = Stub(["www.example.com. 600 IN A 192.0.2.80",
+                 "9.9.9.10.in-addr.arpa. 600 IN PTR outside.example.com."])
+    yield stub
+    stub.close()
+
+
+KUBEADM = ("kdns serve --listen 0.0.0.0:53 --http 0.0.0.0:8080 --lameduck 5 --http 0.0.0.0:8181 "
+           "--domain cluster.local --pods insecure --ttl 30 --in-cluster --fallthrough in-addr.arpa "
+           "ip6.arpa --http 0.0.0.0:9153 --resolv-conf /etc/resolv.conf --max-concurrent 1000 "
+           "--cache-ttl 30 --cache-denial-ttl 30 --loadbalance")
+
+
+def test_kubeadm_default_corefile_translation():
+    out = kdns_cli("corefile", str(COREFILES / "kubeadm"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == KUBEADM + "\n"
+    assert out.stderr == ("kdns: note: kubeadm:21: reload: kdns reads the Corefile at startup; "
+                          "restart it after a change (kubectl -n kube-system rollout restart "
+                          "deployment kdns)\n")
+
+
+def test_kubeadm_default_corefile_serves(upstream):
+    # The source, listen address, http port and upstream come from the command line, which
+    # wins over the Corefile's; everything else is the Corefile's.
+    s = Kdns("--corefile", str(COREFILES / "kubeadm"), "--manifests", CLUSTER,
+             "--upstream", f"127.0.0.1:{upstream.port}", "--http", "127.0.0.1:0")
+    try:
+        assert answers(s, "kube-dns.kube-system.svc.cluster.local.") == (
+            "NOERROR", ["kube-dns.kube-system.svc.cluster.local. 30 10.96.0.10"])      # ttl 30
+        assert answers(s, "www.example.com.") == ("NOERROR", ["www.example.com. 30 192.0.2.80"])  # cache 30
+        assert answers(s, "9.9.9.10.in-addr.arpa.", "PTR") == (        # fallthrough in-addr.arpa
+            "NOERROR", ["9.9.9.10.in-addr.arpa. 30 outside.example.com."])
+        assert answers(s, "nosuch.default.svc.cluster.local.") == ("NXDOMAIN", [])
+        assert answers(s, "10-1-2-3.default.pod.cluster.local.") == (   # pods insecure
+            "NOERROR", ["10-1-2-3.default.pod.cluster.local. 30 10.1.2.3"])
+        port = int(s.log().split("http on 127.0.0.1:")[1].split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as r:
+            assert r.status == 200
+        assert f"kdns: from {COREFILES / 'kubeadm'}: {KUBEADM}\n" in s.log()
+    finally:
+        log = s.stop()
+    assert s.proc.returncode == 0, log
+
+
+CUSTOM = ("kdns serve --listen 0.0.0.0:53 --http 0.0.0.0:8080 --domain cluster.local --pods insecure "
+          "--in-cluster --fallthrough in-addr.arpa ip6.arpa --http 0.0.0.0:9153 --upstream 172.16.0.1 "
+          "--cache-ttl 30 --cache-denial-ttl 30 --loadbalance --forward consul.local=10.150.0.1")
+
+
+def test_customizing_dns_example_translation():
+    out = kdns_cli("corefile", str(COREFILES / "customizing-dns"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == CUSTOM + "\n"
+    assert "kdns: note: customizing-dns:17: cache in a stub domain's block: kdns's one forwarding " \
+           "cache (--cache-ttl) applies to every zone\n" in out.stderr
+
+
+def test_customizing_dns_stub_domain_needs_the_new_forwarder():
+    s = Kdns("--corefile", str(COREFILES / "customizing-dns"), "--manifests", CLUSTER, wait=False)
+    assert s.wait_exit() == 2
+    assert ("kdns: --forward consul.local=10.150.0.1: per-zone forwarding (stub domains) is not in "
+            "this kdns yet; it comes with the new forwarder (issue 12)\n") in s.log()
+
+
+def test_customizing_dns_upstream_example_serves(upstream, tmp_path):
+    # The page's upstream example (its first server block), the upstream moved onto the stub.
+    text = (COREFILES / "customizing-dns").read_text().split("consul.local:53")[0]
+    corefile = tmp_path / "Corefile"
+    corefile.write_text(text.replace("forward . 172.16.0.1", f"forward . 127.0.0.1:{upstream.port}"))
+    s = Kdns("--corefile", str(corefile), "--manifests", CLUSTER)
+    try:
+        assert answers(s, "www.example.com.") == ("NOERROR", ["www.example.com. 30 192.0.2.80"])
+        assert answers(s, "kube-dns.kube-system.svc.cluster.local.") == (
+            "NOERROR", ["kube-dns.kube-system.svc.cluster.local. 5 10.96.0.10"])     # no ttl: 5
+    finally:
+        s.stop()
+
+
+def test_corefile_hosts_rewrite_and_kubernetes_options(upstream, tmp_path):
+    hosts = tmp_path / "custom.hosts"
+    hosts.write_text("10.0.0.9 db.internal\n")
+    corefile = tmp_path / "Corefile"
+    corefile.write_text(f"""\
+.:53 {{
+    errors
+    hosts {hosts} {{
+        10.0.0.8 pinned.example.org
+        fallthrough
+    }}
+    rewrite name exact db.example.com web.prod.svc.cluster.local
+    rewrite name suffix .corp.example .svc.cluster.local answer auto
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+       pods insecure
+       namespaces prod default
+       ignore empty_service
+       fallthrough in-addr.arpa ip6.arpa
+    }}
+    forward . 127.0.0.1:{upstream.port} {{
+       policy sequential
+    }}
+}}
+""")
+    out = kdns_cli("corefile", str(corefile))
+    assert out.stdout == (
+        f"kdns serve --listen 0.0.0.0:53 --hosts {hosts} --hosts-entry '10.0.0.8 pinned.example.org' "
+        "--rewrite-name db.example.com=web.prod.svc.cluster.local --rewrite-suffix "
+        "corp.example=svc.cluster.local --domain cluster.local --pods insecure --namespaces "
+        "prod,default --ignore-empty-service --in-cluster --fallthrough in-addr.arpa ip6.arpa "
+        f"--upstream 127.0.0.1:{upstream.port} --no-loadbalance\n")
+    s = Kdns("--corefile", str(corefile), "--manifests", CLUSTER)
+    try:
+        assert answers(s, "db.internal.") == ("NOERROR", ["db.internal. 5 10.0.0.9"])
+        assert answers(s, "pinned.example.org.") == ("NOERROR", ["pinned.example.org. 5 10.0.0.8"])
+        web = answers(s, "web.prod.svc.cluster.local.")
+        assert answers(s, "db.example.com.") == (
+            "NOERROR", [r.replace("web.prod.svc.cluster.local.", "db.example.com.") for r in web[1]])
+        assert answers(s, "web.prod.corp.example.") == (
+            "NOERROR", [r.replace("svc.cluster.local.", "corp.example.") for r in web[1]])
+        assert answers(s, "empty.prod.svc.cluster.local.") == ("NXDOMAIN", [])
+        assert answers(s, "kube-dns.kube-system.svc.cluster.local.") == ("NXDOMAIN", [])
+        assert answers(s, "www.example.com.") == ("NOERROR", ["www.example.com. 600 192.0.2.80"])
+    finally:
+        s.stop()
+
+
+def test_kube_dns_configmap():
+    s = Kdns("--kube-dns-configmap", str(COREFILES / "kube-dns-configmap.yaml"), "--manifests",
+             CLUSTER, wait=False)
+    assert s.wait_exit() == 2
+    assert ("kdns: --forward acme.local=1.2.3.4: per-zone forwarding (stub domains) is not in "
+            "this kdns yet; it comes with the new forwarder (issue 12)\n") in s.log()
+
+
+def test_kube_dns_configmap_upstreams_serve(upstream, tmp_path):
+    cm = tmp_path / "kube-dns.yaml"
+    cm.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: kube-dns, namespace: kube-system}\n"
+                  f"data:\n  upstreamNameservers: |\n    [\"127.0.0.1:{upstream.port}\"]\n")
+    s = Kdns("--kube-dns-configmap", str(cm), "--manifests", CLUSTER)
+    try:
+        assert answers(s, "www.example.com.") == ("NOERROR", ["www.example.com. 600 192.0.2.80"])
+    finally:
+        s.stop()
+
+
+UNSUPPORTED = """\
+.:53 {
+    errors
+    etcd skydns.local {
+        path /skydns
+    }
+    kubernetes cluster.local {
+        pods insecure
+        endpoint https://10.0.0.1:6443
+    }
+    forward . 8.8.8.8 {
+        force_tcp
+    }
+    cache 30 {
+        prefetch 10
+    }
+    hosts {
+        10.0.0.1 a.example
+    }
+    rewrite name regex (.*)\\.example {1}.svc.cluster.local
+}
+"""
+
+
+def test_unsupported_input_is_an_exact_error(tmp_path):
+    corefile = tmp_path / "Corefile"
+    corefile.write_text(UNSUPPORTED)
+    out = kdns_cli("corefile", str(corefile))
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert out.stderr == (
+        "kdns: Corefile:3: plugin 'etcd' is not supported by kdns\n"
+        "kdns: Corefile:8: kubernetes option 'endpoint' is not supported by kdns\n"
+        "kdns: Corefile:11: forward option 'force_tcp' is not supported by kdns\n"
+        "kdns: Corefile:14: cache option 'prefetch' is not supported by kdns\n"
+        "kdns: Corefile:16: hosts without fallthrough answers NXDOMAIN for every other name; kdns "
+        "always falls through: add 'fallthrough' to the hosts block\n"
+        "kdns: Corefile:19: rewrite name regex (.*)\\.example {1}.svc.cluster.local: only 'rewrite "
+        "name exact|suffix FROM TO' is supported by kdns\n")
+    s = Kdns("--corefile", str(corefile), "--manifests", CLUSTER, wait=False)
+    assert s.wait_exit() == 2
+    assert "kdns: Corefile:3: plugin 'etcd' is not supported by kdns\n" in s.log()
+
+
+@pytest.mark.parametrize("text, error", [
+    (".:53 {\n  kubernetes cluster.local\n", "Corefile:1: server block not closed with '}'"),
+    (".:53 {\n  forward . 8.8.8.8\n}\n", "Corefile:1: no kubernetes plugin: kdns serves a cluster, say which zone"),
+    (".:53 {\n  kubernetes cluster.local\n}\n.:5353 {\n  forward . 8.8.8.8\n}\n",
+     "Corefile:1: server blocks on ports 53, 5353: kdns serves one configuration on every --listen "
+     "address; use one port"),
+    ("import common\n", "Corefile:1: 'import' is not supported by kdns"),
+    ("tls://.:853 {\n  kubernetes cluster.local\n}\n",
+     "Corefile:1: server 'tls://.:853': only plain DNS (dns://) is supported by kdns"),
+])
+def test_malformed_corefiles(tmp_path, text, error):
+    corefile = tmp_path / "Corefile"
+    corefile.write_text(text)
+    out = kdns_cli("corefile", str(corefile))
+    assert (out.returncode, out.stderr) == (2, f"kdns: {error}\n")
+
+
+def test_kubernetes_options_and_zones_translation(tmp_path):
+    corefile = tmp_path / "Corefile"
+    corefile.write_text("""\
+cluster.local:53 example.internal:53 {
+    kubernetes cluster.local example.internal in-addr.arpa {
+        endpoint_pod_names
+        labels app=web,tier!=db
+        noendpoints
+        kubeconfig /etc/kube/config staging
+    }
+    loadbalance round_robin
+}
+""")
+    out = kdns_cli("corefile", str(corefile))
+    assert (out.returncode, out.stderr) == (0, "")
+    assert out.stdout == ("kdns serve --listen 0.0.0.0:53 --domain cluster.local --zone example.internal "
+                          "--endpoint-pod-names --labels 'app=web,tier!=db' --noendpoints --kubeconfig "
+                          "/etc/kube/config --context staging --no-fallthrough --loadbalance\n")
+
+
+def test_the_command_line_wins_over_the_corefile(upstream, tmp_path):
+    corefile = tmp_path / "Corefile"
+    corefile.write_text(".:53 {\n  kubernetes cluster.local {\n    ttl 30\n  }\n"
+                        "  forward . 192.0.2.53\n}\n")
+    # the Corefile says --no-fallthrough and an unreachable upstream; the command line says otherwise
+    s = Kdns("--corefile", str(corefile), "--manifests", CLUSTER, "--ttl", "9",
+             "--fallthrough", "in-addr.arpa", "--upstream", f"127.0.0.1:{upstream.port}")
+    try:
+        assert answers(s, "kube-dns.kube-system.svc.cluster.local.") == (
+            "NOERROR", ["kube-dns.kube-system.svc.cluster.local. 9 10.96.0.10"])
+        assert answers(s, "9.9.9.10.in-addr.arpa.", "PTR") == (
+            "NOERROR", ["9.9.9.10.in-addr.arpa. 600 outside.example.com."])
+    finally:
+        s.stop()
