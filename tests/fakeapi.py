@@ -1123,7 +1123,15 @@ class _Handler(BaseHTTPRequestHandler):
                         expired_at = pos
                         events = []
                     else:
-                        events = [e for e in api._history[res.name] if e.rv > pos]
+                        # The ring is in rv order: walk back from the newest only as far as
+                        # this watcher has read (a scan of the whole ring per wakeup costs
+                        # milliseconds once it holds thousands of events, e.g. kdns.bench churn).
+                        events = []
+                        for e in reversed(api._history[res.name]):
+                            if e.rv <= pos:
+                                break
+                            events.append(e)
+                        events.reverse()
                     now_rv = api._rv
                 if expired_at is not None:
                     self._event("ERROR", {"kind": "Status", "apiVersion": "v1", "metadata": {},

@@ -4,8 +4,12 @@ questions and is stopped."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
+import sys
+import time
+import types
 from pathlib import Path
 
 import pytest
@@ -73,7 +77,7 @@ def test_dnsmasq_serves_the_generated_names(model, records, tmp_path):
                               svc.fqdn, "A"], capture_output=True, text=True, timeout=10)
         assert out.stdout.split() == [svc.cluster_ip]
         expect = workloads.Expectations(records)
-        for w in ("a", "a-mix", "c"):
+        for w in ("a", "a-mix", "c", "e"):
             asked, wrong, problems = check.sample(port, workloads.build(w, model), expect, size=60)
             assert asked > 0 and wrong == 0, problems
 
@@ -83,7 +87,7 @@ def test_kdns_agrees_with_the_model(model, records, manifest_dir, tmp_path):
     spec = servers.kdns(manifest_dir, port, _probe(model), None, ready_timeout=60)
     expect = workloads.Expectations(records)
     with servers.Running(spec, tmp_path):
-        for w in ("a", "a-mix", "c"):
+        for w in ("a", "a-mix", "c", "e"):
             asked, wrong, problems = check.sample(port, workloads.build(w, model), expect, size=60)
             assert asked > 0 and wrong == 0, problems
         walk = [q for q in workloads.build("b", model) if q[0] not in workloads.EXTERNAL]
@@ -159,3 +163,84 @@ def test_ratios_pair_the_rounds():
     assert item["ratio"] == 200 / 150 and item["met"] is True
     line = report.ratio_lines([item])
     assert "kdns/dnsmasq-a 1.33 [rounds 1.30-1.80] (target >= 1.3: met)" in line
+
+
+def test_cold_workload_asks_every_service_and_endpoint_name(model):
+    """(e): every A name of the cluster, services and endpoints (<ep>.<svc>.<ns>.svc.<zone>)."""
+    names = workloads.a_names(model)
+    live = [s for s in model.services if s.endpoints or not s.headless]
+    assert len(names) == len(set(names)) == len(live) + ENDPOINTS
+    asked = {n for n, t in workloads.build("e", model)}
+    assert asked <= set(names) and len(asked) > 0.9 * len(names)
+    assert any(n.count(".") > 5 for n in asked)            # endpoint names, one label deeper
+
+
+def test_cpu_meter_counts_a_child_process_tree():
+    from kdns.bench import cpu
+
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\ntime.sleep(5)"
+    parent = subprocess.Popen([sys.executable, "-c",
+                               f"import subprocess, sys; subprocess.run([sys.executable, '-c', {spin!r}], timeout=20)"])
+    try:
+        meter = cpu.Meter(parent.pid).start()
+        deadline = time.monotonic() + 10
+        while cpu.seconds(parent.pid) - meter.began < 0.25 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert meter.stop() >= 0.25                       # the grandchild's spin, not the parent's
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
+    assert cpu.us_per_query(2.0, 1_000_000) == 2.0
+    assert cpu.us_per_query(1.0, 0) is None
+
+
+def test_churn_changes_roll_pods_through_other_slices(model):
+    from kdns.bench import churn, live
+
+    hot = workloads.hot_services(model, 10)
+    plan = live.plan(model, hot)
+    hot_keys = {(s.namespace, s.name) for s in hot}
+    assert plan and not any((d["metadata"]["namespace"], d["metadata"]["labels"]["kubernetes.io/service-name"])
+                            in hot_keys for d in plan)
+    seq = list(itertools.islice(churn.changes(plan), 400))
+    fresh = [c for _, c in seq if c]
+    assert len(fresh) >= 180 and len({ip for _, ip in fresh}) == len(fresh)
+    for qname, ip in fresh:
+        assert qname.startswith(ip.replace(".", "-") + ".") or not qname[0].isdigit()
+    down = [d for d, c in seq if c is None]
+    assert all(any(not ep["conditions"]["ready"] for ep in d["endpoints"]) for d in down)
+
+
+@pytest.mark.skipif(not shutil.which("dnsperf"), reason="needs dnsperf")
+def test_churn_report_runs_kdns_on_the_fake_api_under_churn(tmp_path):
+    """Workload (d) at a tiny size: the driver (its own process, HTTP PUTs) changes slices of
+    other Services while dnsperf asks kdns; the API applied the changes, kdns answers the last
+    one, CPU per query is accounted. No timing asserted."""
+    from kdns.bench import live, report
+
+    args = types.SimpleNamespace(seed=3, warmup=0, duration=1.0, rounds=1, clients=1, outstanding=20,
+                                 change_timeout=30.0)
+    out = live.measure(30, args, tmp_path, rates=[0, 40], hot_count=8)
+    kdns = {r["rate"]: r for r in out["runs"] if r["server"] == "kdns-api"}
+    assert set(kdns) == {0, 40} and not any(r.get("error") for r in kdns.values()), kdns
+    assert out["checks"]["kdns-api"]["wrong"] == 0, out["checks"]
+    assert kdns[0]["changes"] == 0 and kdns[40]["changes"] > 0
+    assert kdns[40]["driver"]["sent"] >= kdns[40]["changes"] and kdns[40]["driver"]["errors"] == 0
+    assert kdns[40]["fresh_s"] is not None                  # the last new address is answered
+    assert all(r["completed"] > 0 and r["cpu_us"] > 0 for r in kdns.values())
+    if shutil.which("dnsmasq"):
+        (rest,) = [r for r in out["runs"] if r["server"] == "dnsmasq-a"]
+        assert rest["cpu_us"] > 0 and out["checks"]["dnsmasq-a"]["wrong"] == 0
+    text = report.churn_lines(out)
+    assert "kdns (API)" in text and "CPU us/q" in text
+
+
+def test_report_shows_cpu_per_query_and_the_miss_hit_target():
+    from kdns.bench import report
+
+    rows = [{"workload": "a", "server": "kdns", "qps": 100.0, "cpu_us": 2.0, "cpu_us_runs": [1.9, 2.0, 2.5],
+             "avg_ms": 0.1, "p99_ms": None, "lost_pct": 0.0, "rss_mb": 1.0, "wrong": 0, "asked": 1},
+            {"workload": "a", "server": "kdns-nocache", "qps": 50.0, "cpu_us": 8.0, "avg_ms": 0.1, "p99_ms": None,
+             "lost_pct": 0.0, "rss_mb": 1.0, "wrong": 0, "asked": 1}]
+    assert "| 2.00 (1.9-2.5) |" in report.table(rows)
+    assert "kdns-nocache (a) 8.00 us / kdns (a) 2.00 us = 4.00x (target <= 3: NOT met)" in report.cpu_lines(rows)

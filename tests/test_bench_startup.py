@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import yaml
 
-from kdns.bench import churn, startup
+from kdns.bench import apichurn as churn, startup
 from kdns.sources import manifests
 
 

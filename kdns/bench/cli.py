@@ -1,10 +1,12 @@
 """python -m kdns.bench: kdns against dnsmasq, unbound, knot and a C ceiling, in one run.
 
 Generates a cluster, starts each server in turn on a 127.0.0.1 high port with the same records,
-runs dnsperf (bounded by -l) for every workload, and prints one table plus the kdns/peer ratios;
+runs dnsperf (bounded by -l) for every workload, and prints one table (QPS and server CPU per
+answered query) plus the kdns/peer ratios;
 then starts kdns alone at 1k and 10k services to report memory, start-to-ready time, and how long
 a manifest change takes to show in answers; then kdns on the in-repo fake API server for the
-watch source's start-to-ready, memory and event-to-answer latency. See docs/bench.md.
+watch source's start-to-ready, memory and event-to-answer latency; then workload (d), hot names
+while a churn driver changes other Services through that fake API. See docs/bench.md.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from kdns.bench import check, churn, cluster as gen, dnsperf, report, servers, startup, watch, workloads
+from kdns.bench import (apichurn, check, cluster as gen, cpu, dnsperf, live, report, servers, startup,
+                        watch, workloads)
 from kdns.bench.servers import Running, Unavailable
 
-SERVERS = ("kdns", "dnsmasq-a", "dnsmasq-srv", "unbound", "knot", "ceiling")
+SERVERS = ("kdns", "kdns-nocache", "dnsmasq-a", "dnsmasq-srv", "unbound", "knot", "ceiling")
 
 
 def _csv(choices: tuple[str, ...], what: str):
@@ -57,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "RSS, event->answer), 10 endpoints each; default --services; 0 skips")
     p.add_argument("--watch-events", type=int, default=100, metavar="N",
                    help="watch events timed from the fake API storing them to kdns answering (default 100)")
+    p.add_argument("--churn-services", default="1000", metavar="LIST",
+                   help="workload (d): service counts (10 endpoints each) for the churn report, kdns serve "
+                        "--kubeconfig on tests/fakeapi.py with EndpointSlice churn on other Services; "
+                        "'' skips (default 1000)")
+    p.add_argument("--churn-rates", default="0,10,100,1000", metavar="LIST",
+                   help="workload (d): EndpointSlice changes per second (default 0,10,100,1000)")
+    p.add_argument("--churn-hot", type=int, default=200, metavar="N",
+                   help="workload (d): hot services asked for (A) while the others change (default 200)")
     p.add_argument("--change-timeout", type=float, default=300.0,
                    help="longest wait for a manifest change to show in answers (seconds)")
     p.add_argument("--rounds", type=int, default=1,
@@ -66,11 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--startup-sizes", default="1000,10000",
                    help="service counts for the start->ready/RSS report of every source (API, one "
                         "YAML file, one JSON List; issue 11's cluster); '' skips")
-    p.add_argument("--churn-rate", type=float, default=1000.0,
-                   help="events/s of the API churn report (default 1000)")
-    p.add_argument("--churn-seconds", type=float, default=30.0,
+    p.add_argument("--api-churn-rate", type=float, default=1000.0,
+                   help="events/s of the API churn report, event->answer/lag/RSS (default 1000)")
+    p.add_argument("--api-churn-seconds", type=float, default=30.0,
                    help="seconds of the API churn report (default 30; 0 skips)")
-    p.add_argument("--churn-services", type=int, default=10000,
+    p.add_argument("--api-churn-services", type=int, default=10000,
                    help="services in the API churn report's cluster (default 10000)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", type=Path, metavar="FILE", help="also write every figure as JSON here")
@@ -90,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         dnsperf.binary()
         model = gen.generate(args.services, args.endpoints, namespaces=args.namespaces, seed=args.seed)
         sizes = [int(s) for s in args.memory_sizes.split(",") if s.strip()]
+        args.churn_sizes = [int(s) for s in args.churn_services.split(",") if s.strip()]
+        args.churn_rate_list = [float(s) for s in args.churn_rates.split(",") if s.strip()]
+        if any(r < 0 for r in args.churn_rate_list) or any(n < 1 for n in args.churn_sizes):
+            raise ValueError("--churn-rates must be >= 0 and --churn-services >= 1")
     except (ValueError, dnsperf.DnsperfError) as exc:
         print(f"kdns.bench: {exc}", file=sys.stderr)
         return 2
@@ -112,7 +127,7 @@ def _say(text: str) -> None:
 
 def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
     names = args.only or list(SERVERS)
-    chosen = args.workload or list(workloads.WORKLOADS)
+    chosen = list(workloads.WORKLOADS) if args.workload is None else args.workload   # '' = none
     machine = report.machine()
     _say(f"cluster: {len(model.services):,} services, {model.endpoint_count:,} endpoints, "
          f"{len(model.namespaces)} namespaces; workloads {', '.join(chosen)}; servers {', '.join(names)}")
@@ -131,7 +146,7 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
 
     samples: dict[tuple[str, str], list[dict]] = {}
     upstream = None
-    if "b" in chosen:
+    if "b" in chosen and names:
         port = servers.free_port()
         try:
             upstream = Running(servers.upstream_dnsmasq(tmp, port, workloads.EXTERNAL), tmp).__enter__()
@@ -140,7 +155,9 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
     up = upstream.spec.port if upstream else None
     bench = Bench(args, tmp, files, queries, expect, samples)
     try:
-        if args.together:
+        if not chosen:
+            pass                                # --workload '': only the reports below
+        elif args.together:
             bench.together(names, chosen, lambda n: _spec(n, tmp, manifests, records, probe, up))
         else:
             for r in range(args.rounds):
@@ -154,17 +171,22 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
     ratio_items = report.ratios(rows)
     print(f"\nkdns.bench {machine['date']}: {machine['cpus']} CPUs ({machine['cpu']}), {machine['memory']}, "
           f"Linux {machine['kernel']}, Python {machine['python']}; load before run {machine['load']}")
-    print(f"cluster: {len(model.services):,} services, {model.endpoint_count:,} endpoints, "
-          f"{len(model.namespaces)} namespaces, {len(records):,} records; dnsperf -l {args.duration:g} "
-          f"-c {args.clients} -q {args.outstanding}{f' -Q {args.qps}' if args.qps else ''}; "
-          f"p99 from a {args.latency_duration:g} s -v run\n")
-    print(report.table(rows))
+    if rows:
+        print(f"cluster: {len(model.services):,} services, {model.endpoint_count:,} endpoints, "
+              f"{len(model.namespaces)} namespaces, {len(records):,} records; dnsperf -l {args.duration:g} "
+              f"-c {args.clients} -q {args.outstanding}{f' -Q {args.qps}' if args.qps else ''}; "
+              f"p99 from a {args.latency_duration:g} s -v run\n")
+        print(report.table(rows))
     for name, note in bench.notes.items():
         if note:
             print(f"  {name}: {note}")
     if ratio_items:
         print("\nratios (QPS, same run):")
         print(report.ratio_lines(ratio_items))
+    cpu_text = report.cpu_lines(rows)
+    if cpu_text:
+        print("\nCPU per answered query (server utime + stime over the measured dnsperf run, same run):")
+        print(cpu_text)
 
     memory = []
     if sizes and "kdns" in names:
@@ -178,19 +200,28 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
         api_source = _watch(args, tmp)
         print(f"\nkdns watch source (kdns serve --kubeconfig on tests/fakeapi.py, {args.watch_events} events):")
         print(report.watch_lines(api_source))
+    churn = []
+    if args.churn_sizes and args.churn_rate_list and "kdns" in names:
+        for n in args.churn_sizes:
+            churn.append(_churn(n, args, tmp))
+            print(f"\n(d) churn: {args.churn_hot} hot A names while the fake API applies EndpointSlice changes "
+                  f"to other Services; {n:,} services, {n * 10:,} endpoints; dnsperf -l {args.duration:g}; "
+                  f"medians of {args.rounds} round(s), spread in brackets:")
+            print(report.churn_lines(churn[-1]))
     startup_rows, churn_out = [], None
     if args.startup_sizes.strip() and "kdns" in names:
         startup_rows = startup.run([int(x) for x in args.startup_sizes.split(",") if x.strip()], tmp,
                                    rounds=args.rounds, say=_say)
         print(f"\nkdns start -> ready and RSS by source (issue 11's cluster, {args.rounds} round(s)):")
         print(startup.table(startup_rows))
-    if args.churn_seconds > 0 and "kdns" in names:
+    if args.api_churn_seconds > 0 and "kdns" in names:
         try:
-            churn_out = churn.measure(args.churn_services, tmp, rate=args.churn_rate, seconds=args.churn_seconds)
+            churn_out = apichurn.measure(args.api_churn_services, tmp, rate=args.api_churn_rate,
+                                         seconds=args.api_churn_seconds)
         except (Unavailable, OSError) as exc:
             churn_out = {"error": str(exc)}
         print("\nkdns API churn:")
-        print(churn.lines(churn_out))
+        print(apichurn.lines(churn_out))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
                                          "cluster": {"services": len(model.services),
@@ -198,8 +229,8 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
                                                      "namespaces": len(model.namespaces),
                                                      "records": len(records)},
                                          "results": rows, "ratios": ratio_items, "memory": memory,
-                                         "watch": api_source, "startup": startup_rows,
-                                         "churn": churn_out}, indent=2))
+                                         "watch": api_source, "churn": churn, "startup": startup_rows,
+                                         "api_churn": churn_out}, indent=2))
     return 0
 
 
@@ -207,6 +238,11 @@ def _spec(name: str, tmp: Path, manifests: Path, records, probe, upstream: int |
     port = servers.free_port()
     if name == "kdns":
         return servers.kdns(manifests, port, probe, upstream)
+    if name == "kdns-nocache":              # every query takes the miss path: its CPU per query
+        spec = servers.kdns(manifests, port, probe, upstream, extra=["--cache-size", "1"], name=name)
+        spec.note = (spec.note + "; " if spec.note else "") + \
+            "kdns --cache-size 1: every answer computed (the forwarding cache is 1 entry too)"
+        return spec
     if name == "dnsmasq-a":
         return servers.dnsmasq(tmp, name, records, port, probe, srv=False, upstream=upstream)
     if name == "dnsmasq-srv":
@@ -231,6 +267,7 @@ def _median(runs: list[dict]) -> dict:
     row["rounds"] = len(ok)
     row["qps_runs"] = [r["qps"] for r in ok]
     row["qps_rounds"] = rounds
+    row["cpu_us_runs"] = [r["cpu_us"] for r in ok if r.get("cpu_us") is not None]
     return row
 
 
@@ -252,12 +289,14 @@ class Bench:
     def alone(self, name: str, chosen, make_spec, round_no: int) -> None:
         """Start one server, run every workload, stop it: nothing else is running meanwhile."""
         try:
-            spec = make_spec(name)
             _say(f"{name}: starting (round {round_no + 1})")
-            with Running(spec, self.tmp) as run:
+            run = servers.start(lambda: make_spec(name), self.tmp)
+            try:
                 _say(f"{name}: ready after {run.ready_after:.2f} s, RSS {run.rss_kb() / 1024:.1f} MB")
                 for w in chosen:
                     self.one(run, w)
+            finally:
+                run.stop()
         except (Unavailable, OSError) as exc:
             if round_no == 0:
                 self._file(name, chosen, exc)
@@ -269,7 +308,7 @@ class Bench:
         try:
             for name in names:
                 try:
-                    run = Running(make_spec(name), self.tmp).__enter__()
+                    run = servers.start(lambda: make_spec(name), self.tmp)
                 except (Unavailable, OSError) as exc:
                     self._file(name, chosen, exc)
                     continue
@@ -302,8 +341,10 @@ class Bench:
             if args.warmup > 0:
                 dnsperf.run(spec.port, datafile, args.warmup, clients=args.clients, outstanding=args.outstanding)
                 drained += run.quiesce()
+            meter = cpu.Meter(run.proc.pid).start()
             res = dnsperf.run(spec.port, datafile, args.duration, clients=args.clients,
                               outstanding=args.outstanding, qps_limit=args.qps)
+            cpu_s = meter.stop()
             drained += run.quiesce()
             p99 = None
             if args.latency_duration > 0:
@@ -319,10 +360,12 @@ class Bench:
         if drained > 2:
             notes.append(f"busy {drained:.0f} s after its runs (draining a backlog)")
         row.update(qps=res.qps, avg_ms=res.avg_ms, p99_ms=p99, lost_pct=res.lost_pct, sent=res.sent,
+                   completed=res.completed, cpu_s=cpu_s, cpu_us=cpu.us_per_query(cpu_s, res.completed),
                    rcodes=res.rcodes, rss_mb=run.rss_kb() / 1024, asked=asked, wrong=wrong,
                    note="; ".join(notes))
         self.samples.setdefault((w, spec.name), []).append(row)
-        _say(f"{spec.name} {w}: {res.qps:,.0f} QPS, lost {res.lost_pct:.2f}%, check {asked - wrong}/{asked}")
+        _say(f"{spec.name} {w}: {res.qps:,.0f} QPS, lost {res.lost_pct:.2f}%, "
+             f"CPU {row['cpu_us'] or 0:.1f} us/query, check {asked - wrong}/{asked}")
 
 
 def _memory(services: int, endpoints: int, args, tmp: Path) -> dict:
@@ -360,6 +403,14 @@ def _watch(args, tmp: Path) -> dict:
     _say(f"kdns watch source: ready {out.get('ready_s', 0):.2f} s, {out.get('rss_mb', 0):.1f} MB, "
          f"events {out.get('event_ms')}")
     return out
+
+
+def _churn(services: int, args, tmp: Path) -> dict:
+    _say(f"(d) churn at {services:,} services, rates {args.churn_rates}: starting")
+    try:
+        return live.measure(services, args, tmp, rates=args.churn_rate_list, hot_count=args.churn_hot, say=_say)
+    except (Unavailable, OSError, dnsperf.DnsperfError) as exc:
+        return {"services": services, "runs": [{"server": "kdns-api", "rate": 0, "error": str(exc)}]}
 
 
 def _change_to_answer(run: Running, directory: Path, timeout: float) -> dict:

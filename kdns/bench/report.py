@@ -1,4 +1,4 @@
-"""The table, the ratios against the targets of issue 6, and the machine they were measured on."""
+"""The table, the ratios against the targets of issues 6 and 10, and the machine they were measured on."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from kdns.bench.workloads import DESCRIPTIONS
 
-# (workload, peer, minimum kdns/peer ratio) from issue 6.
+# (workload, peer, minimum kdns/peer ratio) from issues 6 and 10.
 TARGETS = (
     ("a", "dnsmasq-a", 1.3),
     ("a", "ceiling", 0.65),
@@ -17,7 +17,10 @@ TARGETS = (
     ("a-mix", "dnsmasq-srv", 3.0),
     ("b", "dnsmasq-a", 1.3),
     ("c", "dnsmasq-a", 1.0),
+    ("e", "dnsmasq-a", 1.0),
 )
+# Issue 10: CPU per query of a computed answer against one from the packet cache.
+MISS_OVER_HIT_MAX = 3.0
 # CoreDNS's published sizing: MB ~= (pods + services) / 1000 + 54.
 def coredns_mb(services: int, pods: int) -> float:
     return (pods + services) / 1000 + 54
@@ -52,27 +55,55 @@ def _k(qps: float) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("workload", "server", "QPS", "avg ms", "p99 ms", "lost %", "RSS MB", "check", "note")
+    head = ("workload", "server", "QPS", "CPU us/q", "avg ms", "p99 ms", "lost %", "RSS MB", "check", "note")
     lines = [head]
     for r in rows:
         if r.get("error"):
-            lines.append((r["workload"], r["server"], "-", "-", "-", "-", "-", "-", r["error"][:90]))
+            lines.append((r["workload"], r["server"], "-", "-", "-", "-", "-", "-", "-", r["error"][:90]))
             continue
         check = "ok" if r["wrong"] == 0 else f"{r['wrong']}/{r['asked']} wrong"
         qps = f"{r['qps']:,.0f}"
         runs = r.get("qps_runs") or []
         if len(runs) > 1:
             qps += f" ({_k(min(runs))}-{_k(max(runs))})"
-        lines.append((r["workload"], r["server"], qps, _f(r["avg_ms"], ".3f"),
+        lines.append((r["workload"], r["server"], qps, cpu_cell(r), _f(r["avg_ms"], ".3f"),
                       _f(r["p99_ms"], ".3f"), _f(r["lost_pct"], ".2f"), _f(r["rss_mb"], ".1f"),
                       check, r.get("note", "")))
     widths = [max(len(str(l[i])) for l in lines) for i in range(len(head))]
     out = []
     for n, l in enumerate(lines):
-        out.append("| " + " | ".join(str(c).ljust(widths[i]) if i in (0, 1, 7, 8) else str(c).rjust(widths[i])
+        out.append("| " + " | ".join(str(c).ljust(widths[i]) if i in (0, 1, 8, 9) else str(c).rjust(widths[i])
                                      for i, c in enumerate(l)) + " |")
         if n == 0:
             out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(out)
+
+
+def cpu_cell(r: dict) -> str:
+    """CPU microseconds per answered query, with the spread over rounds."""
+    cell = _f(r.get("cpu_us"), ".2f")
+    runs = r.get("cpu_us_runs") or []
+    if len(runs) > 1:
+        cell += f" ({min(runs):.1f}-{max(runs):.1f})"
+    return cell
+
+
+def cpu_lines(rows: list[dict]) -> str:
+    """Issue 10's miss/hit CPU target. Hit: kdns on (a), hot names from the packet cache. Miss:
+    kdns-nocache on (a) (every answer computed, the same questions) when it ran, else kdns on
+    the cold workload (e), where most answers are computed."""
+    by = {(r["workload"], r["server"]): r for r in rows if not r.get("error") and r.get("cpu_us")}
+    hit = by.get(("a", "kdns"))
+    misses = [("kdns-nocache (a)", by.get(("a", "kdns-nocache"))), ("kdns (e) cold", by.get(("e", "kdns")))]
+    misses = [(label, m) for label, m in misses if m]
+    if not hit or not misses:
+        return ""
+    out = []
+    for label, m in misses:
+        ratio = m["cpu_us"] / hit["cpu_us"]
+        met = "met" if ratio <= MISS_OVER_HIT_MAX else "NOT met"
+        out.append(f"  miss/hit CPU per query: {label} {m['cpu_us']:.2f} us / kdns (a) {hit['cpu_us']:.2f} us "
+                   f"= {ratio:.2f}x (target <= {MISS_OVER_HIT_MAX:g}: {met})")
     return "\n".join(out)
 
 
@@ -162,3 +193,89 @@ def watch_lines(m: dict) -> str:
     if m.get("error"):
         lines.append(f"  {m['error']}")
     return "\n".join(lines)
+
+
+# Issue 10, workload (d): kdns QPS under churn over kdns QPS at rest (rate 0), same run.
+CHURN_TARGETS = {100: 0.9, 1000: 0.7}
+
+
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    return values[(len(values) - 1) // 2]
+
+
+def churn_summary(m: dict) -> list[dict]:
+    """One row per (server, rate): medians over rounds, spreads, and the ratio to kdns at rest
+    (each round's run over the same round's rate-0 run, and the ratio of the medians)."""
+    runs = [r for r in m.get("runs", []) if not r.get("error")]
+    rest = {r["round"]: r["qps"] for r in runs if r["server"] == "kdns-api" and r["rate"] == 0}
+    rest_median = _median(list(rest.values())) if rest else None
+    out = []
+    keys = dict.fromkeys((r["server"], r["rate"]) for r in m.get("runs", []))
+    for server, rate in keys:
+        mine = [r for r in runs if r["server"] == server and r["rate"] == rate]
+        if not mine:
+            err = next(r for r in m["runs"] if r["server"] == server and r["rate"] == rate)
+            out.append({"server": server, "rate": rate, "error": err.get("error", "failed")})
+            continue
+        qps = [r["qps"] for r in mine]
+        row = {"server": server, "rate": rate, "qps": _median(qps), "qps_runs": qps,
+               "cpu_us": _median([r["cpu_us"] for r in mine if r.get("cpu_us") is not None] or [0.0]),
+               "cpu_us_runs": [r["cpu_us"] for r in mine if r.get("cpu_us") is not None],
+               "lost_pct": max(r["lost_pct"] for r in mine)}
+        if server == "kdns-api":
+            row["changes_per_s"] = _median([r.get("changes_per_s", 0.0) for r in mine])
+            row["harness_cores"] = _median([r.get("harness_cores", 0.0) for r in mine])
+            fresh = [r.get("fresh_s") for r in mine]
+            row["fresh_max_s"] = None if None in fresh else max(fresh)
+            row["notes"] = [r["note"] for r in mine if r.get("note")]
+        if rest_median:
+            row["ratio"] = row["qps"] / rest_median
+            row["per_round"] = [r["qps"] / rest[r["round"]] for r in mine if rest.get(r["round"])]
+            target = CHURN_TARGETS.get(int(rate)) if server == "kdns-api" else None
+            row["target"] = target
+            row["met"] = None if target is None else row["ratio"] >= target
+        out.append(row)
+    return out
+
+
+def churn_lines(m: dict) -> str:
+    head = ("server", "changes/s asked", "applied/s", "QPS", "vs kdns at rest", "CPU us/q", "lost %",
+            "harness cores", "last change answered", "target")
+    lines = [head]
+    for r in churn_summary(m):
+        name = "kdns (API)" if r["server"] == "kdns-api" else f"{r['server']} (hosts file, at rest)"
+        if r.get("error"):
+            lines.append((name, f"{r['rate']:g}", "-", "-", "-", "-", "-", "-", "-", r["error"][:60]))
+            continue
+        runs = r["qps_runs"]
+        qps = f"{r['qps']:,.0f}" + (f" ({_k(min(runs))}-{_k(max(runs))})" if len(runs) > 1 else "")
+        ratio = "-"
+        if r.get("ratio") is not None:
+            ratio = f"{r['ratio']:.2f}"
+            if len(r.get("per_round") or []) > 1:
+                ratio += f" [{min(r['per_round']):.2f}-{max(r['per_round']):.2f}]"
+        is_kdns = r["server"] == "kdns-api"
+        fresh = "-"
+        if is_kdns and r["rate"] > 0:
+            fresh = "NOT within the timeout" if r["fresh_max_s"] is None else f"<= {r['fresh_max_s'] * 1000:.0f} ms after"
+        target = "-" if r.get("target") is None else f">= {r['target']:g}: {'met' if r['met'] else 'NOT met'}"
+        lines.append((name, f"{r['rate']:g}" if is_kdns else "-",
+                      f"{r['changes_per_s']:.0f}" if is_kdns else "-", qps, ratio,
+                      cpu_cell(r), f"{r['lost_pct']:.2f}",
+                      f"{r['harness_cores']:.2f}" if is_kdns else "-", fresh, target))
+    widths = [max(len(str(l[i])) for l in lines) for i in range(len(head))]
+    out = []
+    for n, l in enumerate(lines):
+        out.append("| " + " | ".join(str(c).ljust(widths[i]) if i in (0, 8, 9) else str(c).rjust(widths[i])
+                                     for i, c in enumerate(l)) + " |")
+        if n == 0:
+            out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    checks = m.get("checks", {})
+    bad = [f"{k}: {v['wrong']}/{v['asked']} wrong, e.g. {v['problems'][0]}" for k, v in checks.items() if v["wrong"]]
+    if bad:
+        out.append("  answers checked before timing: " + "; ".join(bad))
+    for r in churn_summary(m):
+        for note in r.get("notes") or []:
+            out.append(f"  {r['rate']:g}/s: {note}")
+    return "\n".join(out)

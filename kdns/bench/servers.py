@@ -178,6 +178,19 @@ class Running:
             pass
 
 
+def start(make_spec, logdir: Path, tries: int = 3) -> Running:
+    """Start the server ``make_spec()`` describes; a fresh port on "address already in use".
+    free_port() only finds a port free now: kdns binds after loading its data (minutes at 10k
+    services on a busy machine), and another tenant's test may take the port meanwhile."""
+    for attempt in range(tries):
+        try:
+            return Running(make_spec(), logdir).__enter__()
+        except Unavailable as exc:
+            if "in use" not in str(exc) or attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 # --------------------------------------------------------------------------- kdns
 
 _HELP: list[str] = []
@@ -243,7 +256,7 @@ def dnsmasq(tmp: Path, name: str, records: list[Record], port: int, probe: tuple
             *, srv: bool, upstream: int | None) -> Spec:
     binary = _need("dnsmasq")
     d = tmp / name
-    d.mkdir()
+    d.mkdir(exist_ok=True)
     hosts = d / "hosts"
     hosts.write_text("\n".join(_hosts_lines(records)) + "\n")
     conf = [f"port={port}", "listen-address=127.0.0.1", "bind-interfaces", "no-resolv", "no-hosts",
@@ -266,7 +279,7 @@ def upstream_dnsmasq(tmp: Path, port: int, external: dict[str, tuple[str, str]])
     """The "internet" for workload (b): a dnsmasq holding the external names."""
     binary = _need("dnsmasq")
     d = tmp / "upstream"
-    d.mkdir()
+    d.mkdir(exist_ok=True)
     conf = [f"port={port}", "listen-address=127.0.0.1", "bind-interfaces", "no-resolv", "no-hosts",
             "user=root", "pid-file=", "log-facility=-", "local-ttl=300", "cache-size=1000"]
     conf += [f"host-record={n.rstrip('.')},{v4},{v6}" for n, (v4, v6) in external.items()]
@@ -284,7 +297,7 @@ def unbound(tmp: Path, records: list[Record], port: int, probe: tuple[str, str],
             upstream: int | None) -> Spec:
     binary = _need("unbound")
     d = tmp / "unbound"
-    d.mkdir()
+    d.mkdir(exist_ok=True)
     conf = ["server:", "  interface: 127.0.0.1", f"  port: {port}", "  do-ip6: no",
             '  chroot: ""', '  username: ""', '  pidfile: ""', f'  directory: "{d}"',
             "  use-syslog: no", '  logfile: ""', "  verbosity: 0", "  num-threads: 1",
@@ -307,7 +320,7 @@ def unbound(tmp: Path, records: list[Record], port: int, probe: tuple[str, str],
 def knot(tmp: Path, records: list[Record], port: int, probe: tuple[str, str]) -> Spec:
     binary = _need("knotd")
     d = tmp / "knot"
-    (d / "db").mkdir(parents=True)
+    (d / "db").mkdir(parents=True, exist_ok=True)
     zones = {DOMAIN: [], REVERSE_ZONE: []}
     for r in records:
         zone = REVERSE_ZONE if r.type == "PTR" else DOMAIN
@@ -393,7 +406,7 @@ def ceiling(tmp: Path, port: int) -> Spec:
     if not gcc:
         raise Unavailable("no C compiler (gcc) for the fixed-answer ceiling")
     d = tmp / "ceiling"
-    d.mkdir()
+    d.mkdir(exist_ok=True)
     (d / "ceiling.c").write_text(CEILING_C)
     out = subprocess.run([gcc, "-O2", "-o", str(d / "ceiling"), str(d / "ceiling.c")],
                          capture_output=True, text=True, timeout=60)

@@ -5,8 +5,12 @@
 (b)     a pod's search walk (ndots:5, dns-behavior.md §7): glibc asks A and AAAA for every
         search suffix before the name as written, so most answers are NXDOMAIN; the external
         names at the end of each walk need an upstream.
-(c)     A for services drawn uniformly at random (over the first 10,000 services): the packet
-        cache cannot hold the working set, so this measures the miss path too.
+(c)     A for services drawn uniformly at random (over the first 10,000 services).
+(e)     cold: A for every A name of the cluster (each service with an address and each endpoint,
+        ``<ep>.<svc>.<ns>.svc.<zone>``), drawn uniformly at random: 110,000 names at 10,000
+        services / 100,000 endpoints, far more than the packet cache holds, so most answers
+        take the miss path.
+(d)     churn: ``hot_names`` asked while the API changes other Services (kdns/bench/live.py).
 """
 
 from __future__ import annotations
@@ -17,13 +21,15 @@ from pathlib import Path
 
 from kdns.bench.cluster import DOMAIN, Cluster, Record, Service, ptr_name
 
-WORKLOADS = ("a", "a-mix", "b", "c")
+WORKLOADS = ("a", "a-mix", "b", "c", "e")
 DESCRIPTIONS = {
     "a": "hot cluster names, A",
     "a-mix": "hot names, A/SRV/PTR mix",
     "b": "search walk (mostly NXDOMAIN) + external",
     "c": "uniform random A over <=10k services",
+    "e": "cold: uniform random A over every service and endpoint name",
 }
+COLD_QUERIES = 500_000              # dnsperf loops over its file: 110k names, each asked ~4.5 times
 HOT = 32
 # The "internet": answered by the upstream dnsmasq (documentation addresses, RFC 5737 / 3849).
 # Every name has A and AAAA: a bare NODATA from dnsmasq carries no SOA, so no resolver may cache
@@ -70,14 +76,29 @@ class Expectations:
         return Expect("NXDOMAIN", 0)
 
 
-def _hot(cluster: Cluster, rng: random.Random) -> list[Service]:
+def _hot(cluster: Cluster, rng: random.Random, count: int = HOT) -> list[Service]:
     live = [s for s in cluster.services if not s.headless or s.endpoints]
     clusterip = [s for s in live if not s.headless]
     headless = [s for s in live if s.headless]
     # Mostly ClusterIP, a few headless: what pods of a typical app resolve.
-    pick = rng.sample(clusterip, min(len(clusterip), HOT - HOT // 8))
-    pick += rng.sample(headless, min(len(headless), HOT - len(pick)))
+    pick = rng.sample(clusterip, min(len(clusterip), count - count // 8))
+    pick += rng.sample(headless, min(len(headless), count - len(pick)))
     return pick
+
+
+def hot_services(cluster: Cluster, count: int, seed: int = 7) -> list[Service]:
+    """The ``count`` services a churn run asks for (the rest are the ones that change)."""
+    return _hot(cluster, random.Random(seed), count)
+
+
+def a_names(cluster: Cluster) -> list[str]:
+    """Every name with an A record: services with an address, and every endpoint."""
+    out = []
+    for s in cluster.services:
+        if s.endpoints or not s.headless:
+            out.append(s.fqdn)
+        out += [s.endpoint_fqdn(ep) for ep in s.endpoints]
+    return out
 
 
 def build(name: str, cluster: Cluster, seed: int = 7) -> list[tuple[str, str]]:
@@ -100,6 +121,9 @@ def build(name: str, cluster: Cluster, seed: int = 7) -> list[tuple[str, str]]:
     if name == "c":
         pool = cluster.services[:10000]
         return [(pool[rng.randrange(len(pool))].fqdn, "A") for _ in range(100_000)]
+    if name == "e":
+        names = a_names(cluster)
+        return [(names[rng.randrange(len(names))], "A") for _ in range(COLD_QUERIES)]
     raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
 
 
