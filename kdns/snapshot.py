@@ -367,11 +367,16 @@ class Store:
         self._changed_records[key] = new
         if new != old and self._deps is not None:
             self._deps.add(key)
-        old_ips = set(old.ptr_ips) if old else set()
-        new_ips = set(new.ptr_ips) if new else set()
-        for ip in old_ips | new_ips:
+        # Only the IPs whose PTR targets from this Service changed are touched: one event costs
+        # O(this Service's endpoints), not O(endpoints²) (a 4,000-endpoint Service under a
+        # rolling update fell minutes behind the watch when every IP was rebuilt by a scan).
+        old_ptrs, new_ptrs = _ptr_map(old), _ptr_map(new)
+        for ip in old_ptrs.keys() | new_ptrs.keys():
+            mine = new_ptrs.get(ip)
+            if old_ptrs.get(ip) == mine:
+                continue
             owners = tuple(k for k in self._owners(ip) if k != key)
-            if ip in new_ips:
+            if mine is not None:
                 owners = tuple(sorted(owners + (key,)))
             if len(owners) > 1:
                 self._ptr_owners[ip] = owners
@@ -379,8 +384,8 @@ class Store:
                 self._ptr_owners[ip] = owners[0]     # most IPs have one owner: no 1-tuple each
             else:
                 self._ptr_owners.pop(ip, None)
-            self._rebuild_ptr(ip, owners)
-        if self._own_ip and self._own_ip in old_ips | new_ips:
+            self._rebuild_ptr(ip, owners, key, mine)
+        if self._own_ip and (self._own_ip in old_ptrs or self._own_ip in new_ptrs):
             self._ns = None                 # the apex NS target follows the Service holding our IP
 
     def _owners(self, ip: str) -> tuple:
@@ -388,14 +393,20 @@ class Store:
         owners = self._ptr_owners.get(ip, ())
         return (owners,) if owners and isinstance(owners[0], str) else owners
 
-    def _rebuild_ptr(self, ip: str, owners: tuple) -> None:
+    def _rebuild_ptr(self, ip: str, owners: tuple, key: tuple, mine: tuple | None) -> None:
         """§3.6: a cluster IP gives one PTR (first Service); else one PTR per endpoint Service.
-        Published as the one target (the common case, no 1-tuple per IP), or a tuple."""
+        Published as the one target (the common case, no 1-tuple per IP), or a tuple.
+        ``mine``: the (cluster, endpoint) targets for ip of Service ``key``, just compiled;
+        another owner's (an IP in two Services: rare) are found by a scan of its records."""
         cluster_ip, endpoint = [], []
-        for key in owners:
-            for pip, target, is_cluster in self._records[key].ptrs():
-                if pip == ip:
-                    (cluster_ip if is_cluster else endpoint).append(target)
+        for owner in owners:
+            if owner == key:
+                got = mine
+            else:
+                got = _ptr_map(self._records[owner]).get(ip)
+            if got is not None:
+                cluster_ip.extend(got[0])
+                endpoint.extend(got[1])
         targets = tuple(cluster_ip[:1] or dict.fromkeys(endpoint))
         value = (targets[0] if len(targets) == 1 else targets) or None
         self._changed_ptr[ip] = value
@@ -445,7 +456,8 @@ class Store:
         deps = self._deps
         if deps is not None:
             deps.add(SERIAL)
-            deps.update(prev.namespaces.symmetric_difference(snap.namespaces))
+            if snap.namespaces is not prev.namespaces:
+                deps.update(prev.namespaces.symmetric_difference(snap.namespaces))
             if snap.pods is not prev.pods:
                 deps.update(prev.pods.symmetric_difference(snap.pods))
             if snap.ns_records != prev.ns_records:
@@ -485,6 +497,18 @@ def _slice_name(sl: EndpointSlice) -> str:
     return sl.name
 
 
+def _ptr_map(rec: ServiceRecords | None) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """ip -> (cluster-IP targets, endpoint targets) of one Service's PTRs, in order."""
+    out: dict[str, tuple[list, list]] = {}
+    if rec is not None:
+        for ip, target, is_cluster in rec.ptrs():
+            entry = out.get(ip)
+            if entry is None:
+                entry = out[ip] = ([], [])
+            entry[0 if is_cluster else 1].append(target)
+    return {ip: (tuple(c), tuple(e)) for ip, (c, e) in out.items()}
+
+
 class Holder:
     """The one place a Snapshot is published; assignment is atomic under the GIL.
 
@@ -506,18 +530,26 @@ class Holder:
     def changes(self, since: int, upto: int) -> set | None:
         """The deps changed by every publish after version ``since`` up to ``upto``, or None
         when that cannot be told (a full reset among them, or the log no longer reaches back)."""
+        try:
+            return self._walk(reversed(self._log), since, upto)
+        except RuntimeError:            # the writer appended meanwhile: walk a copy instead
+            return self._walk(reversed(list(self._log)), since, upto)
+
+    @staticmethod
+    def _walk(newest_first, since: int, upto: int) -> set | None:
+        """Newest first, back to ``since``: a sync costs the publishes it missed, not the log."""
         out: set = set()
-        expect = since
-        for version, previous, deps in list(self._log):    # a copy: the writer may append
-            if version <= since:
-                continue
+        expect = upto
+        for version, previous, deps in newest_first:
             if version > upto:
-                break
-            if previous != expect or deps is None:
+                continue
+            if version != expect or deps is None:
                 return None
             out |= deps
-            expect = version
-        return out if expect == upto else None
+            if previous == since:
+                return out
+            expect = previous
+        return None
 
 
 def build(cluster: Cluster, config: Config, synced: bool = True) -> Snapshot:
