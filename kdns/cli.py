@@ -6,12 +6,13 @@ import argparse
 import ctypes
 import gc
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 
-from kdns import __version__, envcli, explaincli, serveargs
+from kdns import __version__, compare, envcli, explaincli, logs, serveargs
 from kdns.config import (Config, ConfigError, add_source_args, format_hostport, normalize_zone,
                          parse_hostport, uses_api)
 from kdns.forward import ForwardConfigError
@@ -86,7 +87,7 @@ def add_forward_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdns", description="Cluster DNS for Kubernetes Service discovery")
     parser.add_argument("--version", action="version", version=f"kdns {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_log_args(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="answer DNS for a cluster over UDP and TCP")
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-size", type=int, default=20000, metavar="N",
                    help="entries in the packet cache and, separately, in the forwarding cache "
                         "(default 20000)")
+    s.add_argument("--tcp-connections", type=int, default=256, metavar="N",
+                   help="open TCP connections served at once, one thread each; more are closed "
+                        "at once (default 256; NodeLocal DNSCache: about 4 x nodes / replicas)")
     s.add_argument("--udp-batch", type=int, default=64, metavar="N",
                    help="UDP datagrams per recvmmsg/sendmmsg call (default 64); 1 = one "
                         "recvfrom/sendto per query, the loop used where recvmmsg is missing")
@@ -125,17 +129,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reload", type=float, default=2.0, metavar="SECONDS",
                    help="poll manifests and --hosts for changes this often; 0 disables (default 2)")
     add_ops_args(s)
-    envcli.add_parser(sub)
-    explaincli.add_parser(sub)
+    s.add_argument("--log-queries", action="store_true",
+                   help="log one line per query in CoreDNS log plugin's format (default off; "
+                        "answers through the one-datagram-per-call UDP loop while on)")
+    add_log_args(s)
+    add_log_args(envcli.add_parser(sub))
+    add_log_args(compare.add_parser(sub))
+    add_log_args(explaincli.add_parser(sub))
     c = sub.add_parser("corefile", help="print the kdns serve command line a Corefile means")
     c.add_argument("file", metavar="FILE")
+    add_log_args(c)
     return parser
+
+
+def add_log_args(p: argparse.ArgumentParser, top: bool = False) -> None:
+    """--log-level and --log-format, before or after the subcommand (``kdns serve --log-level
+    debug`` and ``kdns --log-level debug serve`` are the same; the later one wins)."""
+    default = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
+    p.add_argument("--log-level", default=default("info"), choices=logs.LEVELS,
+                   help="least severe level logged (default info)")
+    p.add_argument("--log-format", default=default("text"), choices=logs.FORMATS,
+                   help="text: timestamp, [LEVEL], message; json: one object per line (default text)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
-                        format="kdns: %(message)s")
+    logs.setup(args.log_level, args.log_format)
     if args.command == "corefile":
         return serveargs.print_corefile(args.file)
     if args.command == "serve":
@@ -147,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
     if args.command == "env":
         return envcli.run(args)
+    if args.command == "compare":
+        return compare.run(args, envcli.load_cluster)
     if args.command == "explain":
         return explaincli.run(args)
     return 2
@@ -336,21 +357,28 @@ def serve(args) -> int:
         store.reset(cluster, synced=True)
         del cluster
         _settle_memory()
+    if not 1 <= args.tcp_connections <= 65535:
+        print(f"kdns: --tcp-connections {args.tcp_connections}: must be 1-65535", file=sys.stderr)
+        return 2
     server = Server(store.holder, config.listen, config.cache_size, batch=config.udp_batch,
                     loadbalance=config.loadbalance, rewrites=rewrites,
-                    max_forwards=args.max_concurrent)
+                    max_forwards=args.max_concurrent, tcp_connections=args.tcp_connections)
     try:
         bound = server.bind()
     except OSError as exc:
         print(f"kdns: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    if args.log_queries:
+        from kdns import querylog
+        querylog.install(server, args.log_format)
     try:
         server.forwarder = _forwarder(args, bound, config.cache_size, config.zones)
     except ForwardConfigError as exc:
         print(f"kdns: {exc}", file=sys.stderr)
         server.close()
         return 2
-    status, web = _start_http(args, server, store.holder, source.waiting_for if source else None)
+    status, web = _start_http(args, server, store.holder, source.waiting_for if source else None,
+                              source.problem if source else None)
     if status is None:
         server.close()
         return 1
@@ -368,6 +396,10 @@ def serve(args) -> int:
         log.info("serving %s and the reverse zones: %d services, %d namespaces, from %s",
                  config.domain, len(store.cluster.services), len(store.cluster.namespaces),
                  ", ".join(str(p) for p in paths))
+        if not args.manifests and os.environ.get("KUBECONFIG"):
+            log.warning("$KUBECONFIG is set, but without --kubeconfig, --context or --in-cluster "
+                        "kdns serves the embedded example cluster; to serve your cluster: "
+                        "kdns serve --kubeconfig \"$KUBECONFIG\"")
     for host, port in bound:
         log.info("listening on %s (udp, tcp)", format_hostport(host, port))
     looped: list[str] = []
@@ -398,16 +430,16 @@ def serve(args) -> int:
     return 0
 
 
-def _start_http(args, server, holder, waiting_for=None):
+def _start_http(args, server, holder, waiting_for=None, problem=None):
     """The /health, /ready, /metrics endpoints when --http is given: (Status, HTTP or None);
     (None, None) when the address cannot be bound."""
     from kdns import http, metrics
 
-    status = http.Status(lambda: holder.current, waiting_for)
+    status = http.Status(lambda: holder.current, waiting_for, problem)
     if not args.http:
         return status, None
     metrics.register(metrics.QueryCollector(server.stats, lambda: holder.current, status.ready,
-                                            server.cache_entries))
+                                            server.cache_entries, server.cache_cells))
     webs = _Webs()
     # The same address twice is one server (health and ready on one port); port 0 is a new one.
     for address in [a for i, a in enumerate(args.http) if a[1] == 0 or a not in args.http[:i]]:

@@ -31,6 +31,13 @@ def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
     elif text.count(":") == 1:
         host, p = text.split(":")
         port = _port(p, text)
+    elif ":" in text:
+        # '::1:5353' is itself a valid IPv6 address (port 53), and almost never what was meant.
+        head, _, tail = text.rpartition(":")
+        if tail.isdigit() and _is_ip(head):
+            raise ConfigError(f"{text!r}: an IPv6 address with a port needs brackets: write "
+                              f"[{head}]:{tail} for port {tail} (or [{text}] for that address, port "
+                              f"{default_port})")
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -38,6 +45,14 @@ def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
             raise ConfigError(f"{text!r}: {host!r} is not an IP address") from None
         host = "127.0.0.1"
     return host, port
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def format_hostport(host: str, port: int) -> str:

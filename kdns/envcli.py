@@ -56,6 +56,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="env",
                    help="env: NAME=VALUE lines (default); shell: for eval; json: one object")
     p.add_argument("--sort", action="store_true", help="sort by name (bytewise), like `env | sort`")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when the namespace does not exist in the source (default: a warning)")
     # dest is not "command": the top-level parser keeps the subcommand's name there.
     p.add_argument("exec_command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
                    help="run CMD with the current environment plus these variables")
@@ -83,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
                          known_namespaces=cluster.namespaces.keys() or None, sort=args.sort)
     for warning in result.warnings:
         print(f"kdns env: warning: {warning}", file=sys.stderr)
+    if args.strict and _unknown(namespace, cluster):
+        print(f"kdns env: namespace {namespace!r} does not exist in the source (--strict)", file=sys.stderr)
+        return 1
     if command:
         return _exec(command, result.variables)
     if args.format == "shell":
@@ -92,6 +97,28 @@ def run(args: argparse.Namespace) -> int:
                       f"--format shell (use -- CMD to pass it)", file=sys.stderr)
     _write(format_variables(result.variables, args.format))
     return 0
+
+
+def _unknown(namespace: str, cluster: Cluster) -> bool:
+    """As env.compute's warning: a namespace no Namespace object names and no Service lives in."""
+    known = set(cluster.namespaces) | {svc.namespace for svc in cluster.services.values()}
+    return bool(known) and namespace not in known
+
+
+def load_cluster(args: argparse.Namespace) -> Cluster | None:
+    """The source's Cluster for another subcommand (`kdns compare`), its problems printed as
+    `kdns env` prints them; None when it cannot be read."""
+    args = argparse.Namespace(**{"pod": None, "workload": None, **vars(args)})
+    try:
+        return _cluster(args, [])
+    except UsageError as exc:
+        for line in exc.lines:
+            print(f"kdns: {line}", file=sys.stderr)
+    except manifests.ManifestError as exc:
+        for line in exc.problems:
+            print(f"kdns: {line}", file=sys.stderr)
+        print(f"kdns: {len(exc.problems)} problem(s) in the manifests", file=sys.stderr)
+    return None
 
 
 def format_variables(variables: Sequence[tuple[str, str]], fmt: str) -> str:

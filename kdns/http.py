@@ -21,8 +21,10 @@ log = logging.getLogger("kdns.http")
 class Status:
     """What /ready reports: the served snapshot's sync state, and whether we are shutting down."""
 
-    def __init__(self, snapshot, waiting_for=None):
+    def __init__(self, snapshot, waiting_for=None, problem=None):
         self.snapshot = snapshot            # () -> the current Snapshot
+        # () -> why the source, though serving, must not take traffic (a missing permission)
+        self.problem = problem
         # () -> what the source still waits for, e.g. "endpointslices, namespaces" (optional;
         # the API source can say which kinds are not listed yet).
         self.waiting_for = waiting_for
@@ -32,6 +34,9 @@ class Status:
         """None when ready, else the reason, for a human reading the probe's output."""
         if self.lameduck:
             return "shutting down (lameduck): still answering DNS, but take this server out of rotation"
+        problem = self.problem() if self.problem else None
+        if problem:
+            return f"not ready: {problem}"
         if not self.snapshot().synced:
             detail = self.waiting_for() if self.waiting_for else ""
             return "not synced: waiting for the first full listing of the Kubernetes API" + \

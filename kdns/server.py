@@ -30,15 +30,18 @@ from time import perf_counter
 
 from kdns import answer as ans
 from kdns import mmsg, rewrite, wire
-from kdns.metrics import COMPUTED, HITS, QueryStats
+from kdns.metrics import QueryStats
 from kdns.badinput import BadInputLog
 from kdns.packetcache import PacketCache, evict_oldest, rotated
 from kdns.snapshot import Holder, Snapshot
 
 log = logging.getLogger("kdns.server")
 
-TCP_IDLE_TIMEOUT = 10.0        # seconds a TCP client may sit idle between queries (RFC 7766 §6.2.3)
-TCP_MAX_CONNECTIONS = 256      # beyond this, new connections are closed at once
+# Seconds a TCP client may sit idle between queries (RFC 7766 §6.2.3): above CoreDNS forward's
+# 10 s connection expiry (NodeLocal DNSCache's pool), so the client, not kdns, closes an idle
+# connection and never sends a query down one kdns is closing.
+TCP_IDLE_TIMEOUT = 15.0
+TCP_MAX_CONNECTIONS = 256      # default --tcp-connections: beyond it, new connections are closed at once
 MAX_TCP_MESSAGE = 65535
 # Forwarded queries waiting for a worker (CoreDNS forward's max_concurrent): past this, a dead
 # or slow upstream would only grow a queue whose answers come after the clients gave up.
@@ -48,7 +51,8 @@ MAX_PENDING_FORWARDS = 1000
 class Server:
     def __init__(self, holder: Holder, listen: tuple[tuple[str, int], ...], cache_size: int = 20000,
                  forwarder=None, batch: int = 64, loadbalance: bool = True,
-                 rewrites: rewrite.Rules = rewrite.Rules(), max_forwards: int | None = None):
+                 rewrites: rewrite.Rules = rewrite.Rules(), max_forwards: int | None = None,
+                 tcp_connections: int = TCP_MAX_CONNECTIONS):
         self.holder = holder
         self.batch = batch        # datagrams per recvmmsg/sendmmsg (Config checks 1-1024); 1 = recvfrom
         self.listen = listen
@@ -65,9 +69,10 @@ class Server:
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="kdns-slow")
         self._forward_slots = threading.BoundedSemaphore(
             max(1, MAX_PENDING_FORWARDS if max_forwards is None else max_forwards))
-        self._tcp_slots = threading.BoundedSemaphore(TCP_MAX_CONNECTIONS)
+        self._tcp_slots = threading.BoundedSemaphore(tcp_connections)
         self._stopping = threading.Event()
         self.stats = QueryStats()
+        self._listeners: dict = {}              # socket -> its kdns.metrics.Listener
         self.bad = BadInputLog(log)
 
     # ------------------------------------------------------------------ lifecycle
@@ -90,6 +95,8 @@ class Server:
             tcp.listen(128)
             self._udp.append(udp)
             self._tcp.append(tcp)
+            self._listeners[udp] = self.stats.listen("udp", host, port)
+            self.stats.listen("tcp", host, port)
             bound.append((host, port))
         return bound
 
@@ -118,12 +125,17 @@ class Server:
     def cache_entries(self) -> int:
         return len(self.cache.entries)
 
+    def cache_cells(self) -> list:
+        return [entry[1] for entry in list(self.cache.entries.values())]
+
     # ------------------------------------------------------------------ UDP
     def _udp_loop(self, sock: socket.socket) -> None:
         """One recvfrom and one sendto per query: the portable loop (and --udp-batch 1)."""
         recvfrom, sendto, holder = sock.recvfrom, sock.sendto, self.holder
         cache = self.cache
         gen, lookup = None, cache.entries.get
+        listener = self.stats.enter(self._listeners[sock])
+        hits = listener.hit
         while True:
             try:
                 data, addr = recvfrom(4096)
@@ -131,13 +143,14 @@ class Server:
                 if self._stopping.is_set():
                     return
                 continue
+            start = perf_counter()
             snap = holder.current
             if snap is not gen:
                 cache.sync(snap)                 # drop what the new snapshot changed
                 gen = snap
             hit = lookup(data[2:])
             if hit is not None:
-                hit[1][HITS] += 1                # [response after the ID, stats cell, deps, rotation]
+                hit[1][hits] += 1                # [response after the ID, stats cell, deps, rotation]
                 packet = data[:2] + (hit[0] if hit[3] is None else rotated(hit))
             else:
                 packet = self._udp_miss(sock, data, snap, lambda a=addr: a)
@@ -147,6 +160,7 @@ class Server:
                 sendto(packet, addr)
             except OSError:
                 pass
+            listener.one(start)
 
     def _udp_batch_loop(self, sock: socket.socket) -> None:
         """The same as _udp_loop, up to --udp-batch queries per recvmmsg and answers per
@@ -155,7 +169,8 @@ class Server:
         (dropped, or forwarded and answered later from a worker) splits the sendmmsg run."""
         batch = mmsg.Batch(sock, self.batch)
         view, lengths, out_lengths, peer = batch.slots, batch.lengths, batch.out_lengths, batch.peer
-        recv, send, slot, hits = batch.recv, batch.send, mmsg.SLOT, HITS
+        listener = self.stats.enter(self._listeners[sock])
+        recv, send, slot, hits = batch.recv, batch.send, mmsg.SLOT, listener.hit
         holder, stopping = self.holder, self._stopping.is_set
         cache = self.cache
         gen, lookup = None, cache.entries.get
@@ -168,6 +183,7 @@ class Server:
                 continue
             if stopping():
                 return                           # shutdown() wakes recvmmsg with empty datagrams
+            start = perf_counter()               # the batch is timed once, for each of its queries
             snap = holder.current                # one snapshot for the whole batch
             if snap is not gen:
                 cache.sync(snap)                 # drop what the new snapshot changed
@@ -197,6 +213,7 @@ class Server:
                 out_lengths[i] = end - at
             if n > first:
                 send(first, n - first)
+            listener.done(n, start)
 
     def _udp_miss(self, sock, data: bytes, snap: Snapshot, peer) -> bytes | None:
         """A query the packet cache does not hold: a memoised forwarded reply, else the full
@@ -210,7 +227,7 @@ class Server:
             key = data[2:]
             memo = self._forward_memo.get(key)
             if memo is not None and memo[1] > forwarder.clock():
-                memo[2][COMPUTED] += 1
+                memo[2][self.stats.computed_slot()] += 1
                 return data[:2] + memo[0]
         addr = peer()
         try:
@@ -237,18 +254,18 @@ class Server:
         try:
             query = wire.decode(data)
         except wire.Drop:
-            self.stats.dropped += 1
+            self.stats.drop()
             return None
         except wire.Reject as rej:
             if rej.why:
                 self.bad.packet(rej.why)
-            self.stats.computed(rej.packet, transport)
+            self.stats.computed(rej.packet, transport, data)
             return rej.packet
         if cache is not None and query.cookie:
             # The query carried a COOKIE option: its key without it may be cached already.
             hit = cache.entries.get(query.packet_key)
             if hit is not None:
-                hit[1][HITS] += 1
+                hit[1][self.stats.current("udp").hit] += 1
                 return data[:2] + (hit[0] if hit[3] is None else rotated(hit))
         try:
             if self.rewrites:
@@ -257,7 +274,7 @@ class Server:
                 resp = ans.answer(snap, query.qname, query.qtype)
         except Exception as e:
             self.bad.exception("answering", e, query.qname)
-            return self._counted(wire.servfail(query), transport)
+            return self._counted(wire.servfail(query), transport, data)
         limit = MAX_TCP_MESSAGE if tcp else wire.udp_limit(query)
         if self.forwarder is not None and (resp.forward or resp.chase or resp.fallthrough):
             if not tcp and resp.forward:
@@ -268,13 +285,13 @@ class Server:
                     packet, until = hit
                     if len(self._forward_memo) >= self.cache_size:
                         evict_oldest(self._forward_memo)
-                    self._forward_memo[data[2:]] = (packet[2:], until, self.stats.computed(packet, "udp"))
+                    self._forward_memo[data[2:]] = (packet[2:], until, self.stats.computed(packet, "udp", data))
                     return packet
             if tcp:
-                return self._counted(self._slow(data, query, resp, limit, tcp), transport)
+                return self._counted(self._slow(data, query, resp, limit, tcp), transport, data)
             if not self._forward_slots.acquire(blocking=False):
-                return self._counted(wire.servfail(query), transport)   # shed load, never queue forever
-            self._pool.submit(self._slow_reply, data, query, resp, limit, reply)
+                return self._counted(wire.servfail(query), transport, data)   # shed load, never queue forever
+            self._pool.submit(self.stats.deferred(self._slow_reply), data, query, resp, limit, reply)
             return None
         if resp.forward:
             resp = ans.Response(ans.REFUSED, authoritative=False)   # no upstream configured
@@ -284,7 +301,7 @@ class Server:
             turn = self._turn % run
             resp.answer = resp.answer[turn:] + resp.answer[:turn]
         packet = wire.encode(query, resp, limit)
-        cell = self.stats.computed(packet, transport)
+        cell = self.stats.computed(packet, transport, data)
         self.stats.observe(perf_counter() - start)
         if cache is not None:
             rotation = None
@@ -307,8 +324,8 @@ class Server:
                 return 0
         return len(answer)
 
-    def _counted(self, packet: bytes, transport: str) -> bytes:
-        self.stats.computed(packet, transport)
+    def _counted(self, packet: bytes, transport: str, data: bytes | None = None) -> bytes:
+        self.stats.computed(packet, transport, data)
         return packet
 
     def _slow_reply(self, data, query, resp, limit, reply) -> None:
@@ -319,7 +336,7 @@ class Server:
             packet = wire.servfail(query)
         finally:
             self._forward_slots.release()
-        self.stats.computed(packet, "udp")
+        self.stats.computed(packet, "udp", data)
         reply(packet)                            # _udp_send: a failed send is dropped there
 
     def _slow(self, data: bytes, query: wire.Query, resp: ans.Response, limit: int, tcp: bool) -> bytes:
@@ -346,6 +363,7 @@ class Server:
     def _tcp_conn(self, conn: socket.socket) -> None:
         """RFC 7766: many queries per connection, each with a 2-byte length prefix."""
         try:
+            listener = self.stats.enter(self.stats.listener("tcp", *conn.getsockname()[:2]))
             conn.settimeout(TCP_IDLE_TIMEOUT)
             while not self._stopping.is_set():
                 head = _recv_exact(conn, 2)
@@ -355,6 +373,7 @@ class Server:
                 data = _recv_exact(conn, length)
                 if data is None:
                     return
+                start = perf_counter()
                 try:
                     packet = self._respond(data, self.holder.current, None, tcp=True, reply=None)
                 except Exception as e:
@@ -363,6 +382,7 @@ class Server:
                 if packet is None:
                     continue
                 conn.sendall(struct.pack("!H", len(packet)) + packet)
+                listener.one(start)
         except (OSError, socket.timeout):
             pass
         finally:

@@ -160,7 +160,8 @@ def _errors(t, d, zones):
 
 def _log(t, d, zones):
     t.no_args(d)
-    t.note(d, "log: kdns does not log each query; /metrics counts them by type and rcode")
+    if "--log-queries" not in t.args:        # the common format, as the log plugin's default
+        t.flag("--log-queries")
 
 
 def _reload(t, d, zones):

@@ -34,11 +34,15 @@ SOA = "ns.dns.cluster.local. hostmaster.cluster.local."
 
 
 def metrics(server: Kdns) -> dict[str, float]:
-    """Unlabelled samples of /metrics (the counters and gauges these tests read)."""
+    """Samples of /metrics summed over their labels (the counters and gauges these tests read;
+    kdns_cache_hits_total is per server and type, as CoreDNS's)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{server.http}/metrics", timeout=5) as resp:
         body = resp.read().decode()
-    return {s.name: s.value for f in text_string_to_metric_families(body) for s in f.samples
-            if not s.labels}
+    out: dict[str, float] = {}
+    for f in text_string_to_metric_families(body):
+        for s in f.samples:
+            out[s.name] = out.get(s.name, 0.0) + s.value
+    return out
 
 
 def hits(server: Kdns) -> tuple[float, float]:

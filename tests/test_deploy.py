@@ -17,20 +17,30 @@ import yaml
 from conftest import ROOT
 
 MANIFEST = ROOT / "deploy" / "kdns.yaml"
+KUBE_DNS = ROOT / "deploy" / "kube-dns.yaml"
+UPSTREAM = ROOT / "deploy" / "kube-dns-upstream.yaml"
+PODS_VERIFIED = ROOT / "deploy" / "kdns-pods-verified.yaml"
+MONITORING = ROOT / "deploy" / "monitoring"
+EVERY_FILE = [MANIFEST, KUBE_DNS, UPSTREAM, PODS_VERIFIED, MONITORING / "servicemonitor.yaml",
+              MONITORING / "prometheus-rules.yaml"]
 
 # Flags the container passes that another branch adds to `kdns serve` (the API source). Until it
 # is merged they may be missing; once present they are checked like every other flag. Empty this
 # set when kdns.sources.cluster lands.
 
 
+def load(path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
 @pytest.fixture(scope="module")
 def docs() -> list[dict]:
-    return [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d]
+    return load(MANIFEST)
 
 
-def one(docs, kind: str) -> dict:
-    found = [d for d in docs if d["kind"] == kind]
-    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+def one(docs, kind: str, name: str | None = None) -> dict:
+    found = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
     return found[0]
 
 
@@ -46,6 +56,10 @@ RESOURCES = {
     "/apis/rbac.authorization.k8s.io/v1": [("clusterroles", "ClusterRole", False),
                                            ("clusterrolebindings", "ClusterRoleBinding", False)],
     "/apis/discovery.k8s.io/v1": [("endpointslices", "EndpointSlice", True)],
+    "/apis/policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)],
+    # The Prometheus Operator's CRDs, as a cluster with it installed lists them.
+    "/apis/monitoring.coreos.com/v1": [("servicemonitors", "ServiceMonitor", True),
+                                       ("prometheusrules", "PrometheusRule", True)],
 }
 
 
@@ -108,8 +122,9 @@ def test_kubectl_apply_dry_run_accepts_the_manifest(kubeconfig, tmp_path):
         pytest.fail("kubectl is needed: apt-get install kubectl (or kubernetes-client)")
     # --validate=false: field validation needs the server's OpenAPI schema, which the stub does
     # not have; test_every_field_is_in_the_kubernetes_schema checks fields instead.
+    files = [a for path in EVERY_FILE for a in ("-f", str(path))]
     out = subprocess.run([kubectl, "--kubeconfig", str(kubeconfig), "--cache-dir", str(tmp_path / "cache"),
-                          "apply", "--dry-run=client", "--validate=false", "-f", str(MANIFEST)],
+                          "apply", "--dry-run=client", "--validate=false", *files],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.split("\n")[:-1] == [
@@ -117,9 +132,16 @@ def test_kubectl_apply_dry_run_accepts_the_manifest(kubeconfig, tmp_path):
         "clusterrole.rbac.authorization.k8s.io/system:kdns created (dry run)",
         "clusterrolebinding.rbac.authorization.k8s.io/system:kdns created (dry run)",
         "deployment.apps/kdns created (dry run)",
+        "service/kdns created (dry run)",
+        "poddisruptionbudget.policy/kdns created (dry run)",
         "service/kube-dns created (dry run)",
+        "service/kube-dns-upstream created (dry run)",
+        "clusterrole.rbac.authorization.k8s.io/system:kdns:pods created (dry run)",
+        "clusterrolebinding.rbac.authorization.k8s.io/system:kdns:pods created (dry run)",
+        "servicemonitor.monitoring.coreos.com/kdns created (dry run)",
+        "prometheusrule.monitoring.coreos.com/kdns created (dry run)",
     ]
-    # What kubectl would send: the same five objects, in order, with their names.
+    # What kubectl would send for the main file: its objects, in order, with their names.
     out = subprocess.run([kubectl, "--kubeconfig", str(kubeconfig), "--cache-dir", str(tmp_path / "cache"),
                           "create", "--dry-run=client", "--validate=false", "-o", "yaml", "-f", str(MANIFEST)],
                          capture_output=True, text=True, timeout=120)
@@ -127,7 +149,7 @@ def test_kubectl_apply_dry_run_accepts_the_manifest(kubeconfig, tmp_path):
     sent = [d for d in yaml.safe_load_all(out.stdout) if d]
     assert [(d["kind"], d["metadata"]["name"]) for d in sent] == [
         ("ServiceAccount", "kdns"), ("ClusterRole", "system:kdns"), ("ClusterRoleBinding", "system:kdns"),
-        ("Deployment", "kdns"), ("Service", "kube-dns")]
+        ("Deployment", "kdns"), ("Service", "kdns"), ("PodDisruptionBudget", "kdns")]
 
 
 # ---------------------------------------------------------------- the schema, from the kubernetes client
@@ -178,12 +200,12 @@ def test_every_field_is_in_the_kubernetes_schema(docs):
     """A typo (readOnlyRootFileSystem) would be silently dropped by the API server: catch it here,
     against the kubernetes client's models (generated from the API's OpenAPI spec)."""
     problems: list[str] = []
-    for doc in docs:
+    for doc in docs + load(KUBE_DNS) + load(UPSTREAM) + load(PODS_VERIFIED):
         model = _model(doc["kind"], doc["apiVersion"])
         _check(doc, model.__name__, f"{doc['kind']}/{doc['metadata']['name']}", problems)
     # IntOrString fields (probe and target ports) are typed object in the client: check them here.
-    svc = one(docs, "Service")
-    assert all(isinstance(p["targetPort"], int) for p in svc["spec"]["ports"])
+    for svc in [d for d in docs + load(KUBE_DNS) + load(UPSTREAM) if d["kind"] == "Service"]:
+        assert all(isinstance(p["targetPort"], int) for p in svc["spec"]["ports"])
     assert not problems, "\n".join(problems)
 
 
@@ -195,7 +217,8 @@ def test_rbac_is_list_and_watch_only(docs):
                for g in rule["apiGroups"] for r in rule["resources"]}
     assert granted == {("", "services"): ["list", "watch"], ("", "namespaces"): ["list", "watch"],
                        ("discovery.k8s.io", "endpointslices"): ["list", "watch"]}
-    assert re.search(r"#\s*resources: \[\"pods\"\]", MANIFEST.read_text()), "pods documented for verified mode"
+    assert "OPTIONAL, only for `--pods verified`" in MANIFEST.read_text(), "pods documented"
+    assert re.search(r"#\s*resources: \[\"pods\"\]", MANIFEST.read_text())
     binding = one(docs, "ClusterRoleBinding")
     sa = one(docs, "ServiceAccount")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
@@ -237,13 +260,87 @@ def test_deployment_is_hardened_and_probed(docs):
 
 
 def test_kube_dns_service_maps_53_to_1053(docs):
-    svc = one(docs, "Service")
-    assert svc["metadata"]["name"] == "kube-dns" and svc["metadata"]["namespace"] == "kube-system"
-    dep = one(docs, "Deployment")
-    assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
-    ports = {(p["port"], p["protocol"], p["targetPort"]) for p in svc["spec"]["ports"]}
-    assert {(53, "UDP", 1053), (53, "TCP", 1053)} <= ports
-    assert ports <= {(53, "UDP", 1053), (53, "TCP", 1053), (9153, "TCP", 8080)}
+    """kdns.yaml never touches kube-dns or kube-dns-upstream (running beside CoreDNS, and
+    NodeLocal's upstream); kube-dns.yaml (a cluster without DNS) and kube-dns-upstream.yaml (the
+    switch, with NodeLocal) select kdns's pods, as kdns's own Service does, 53 -> 1053."""
+    assert not [d for d in docs if d["metadata"]["name"] in ("kube-dns", "kube-dns-upstream")]
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert pod_labels.get("k8s-app") != "kube-dns", "no cluster traffic before the selector switch"
+    for svc in (one(load(KUBE_DNS), "Service", "kube-dns"), one(docs, "Service", "kdns"),
+                one(load(UPSTREAM), "Service", "kube-dns-upstream")):
+        assert svc["metadata"]["namespace"] == "kube-system"
+        assert svc["spec"]["selector"].items() <= pod_labels.items()
+        ports = {(p["port"], p["protocol"], p["targetPort"]) for p in svc["spec"]["ports"]}
+        assert {(53, "UDP", 1053), (53, "TCP", 1053)} <= ports, svc["metadata"]["name"]
+        assert ports <= {(53, "UDP", 1053), (53, "TCP", 1053), (9153, "TCP", 8080)}
+    assert one(load(KUBE_DNS), "Service")["spec"]["clusterIP"] == "10.96.0.10"
+
+
+def test_disruption_budget_keeps_one_ready(docs):
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert one(docs, "Deployment")["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 1
+
+
+def test_pods_verified_rbac_is_optional_and_exact(docs):
+    text = PODS_VERIFIED.read_text()
+    assert text.startswith("# OPTIONAL: only with `kdns serve --pods verified`")
+    extra = load(PODS_VERIFIED)
+    role, binding = one(extra, "ClusterRole"), one(extra, "ClusterRoleBinding")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    sa = one(docs, "ServiceAccount")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                                    "namespace": sa["metadata"]["namespace"]}]
+
+
+def test_servicemonitor_scrapes_each_pod_once(docs):
+    (sm,) = load(MONITORING / "servicemonitor.yaml")
+    want = sm["spec"]["selector"]["matchLabels"]
+    services = [d for d in docs + load(KUBE_DNS) + load(UPSTREAM) if d["kind"] == "Service"]
+    matched = [s for s in services if want.items() <= s["metadata"].get("labels", {}).items()]
+    assert [s["metadata"]["name"] for s in matched] == ["kdns"]
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in matched[0]["spec"]["ports"]}
+    # job = the value of the jobLabel label: what the alerts and the dashboard select.
+    assert matched[0]["metadata"]["labels"][sm["spec"]["jobLabel"]] == "kdns"
+    rules = (MONITORING / "prometheus-rules.yaml").read_text()
+    assert 'job="kdns"' in rules and "job=" not in rules.replace('job="kdns"', "")
+
+
+def test_dashboard_and_alerts_read_only_what_kdns_exports():
+    """Every metric the dashboard and the alerts query is one kdns serves (checked against a live
+    scrape), or a forwarder metric (kdns_forward_*), or Prometheus's own `up`."""
+    import json
+    import urllib.request
+
+    from conftest import Kdns
+
+    dash = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    exprs.append(dash["templating"]["list"][1]["query"])
+    (rule,) = load(MONITORING / "prometheus-rules.yaml")
+    exprs += [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    used = set()
+    for e in exprs:
+        used |= set(re.findall(r"\b([a-z_]+)(?=\{)", e))
+    server = Kdns("--http", "127.0.0.1:0", "--reload", "0")
+    try:
+        port = int(re.search(r"http on 127\.0\.0\.1:(\d+)", server.log()).group(1))
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        server.stop()
+    names = set()
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
+    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)", body, re.M):
+        names |= {name, *(name + suffix for suffix in suffixes.get(kind, []))}
+    missing = {m for m in used if m not in names and not m.startswith("kdns_forward_") and m != "up"}
+    assert not missing, missing
+    assert {"kdns_dns_request_duration_seconds_bucket", "kdns_dns_responses_total",
+            "kdns_cache_hits_total", "kdns_kubernetes_dns_programming_duration_seconds_bucket"} <= used
+    assert all(p["datasource"]["uid"] == "$datasource" for p in dash["panels"])
 
 
 def test_container_args_are_kdns_serve_flags(docs):
@@ -263,7 +360,7 @@ def test_container_args_are_kdns_serve_flags(docs):
     argv = [a.replace("$(POD_IP)", "10.244.0.10") for a in args]
     parsed = build_parser().parse_args(argv)
     assert parsed.http == [("0.0.0.0", 8080)] and parsed.listen == [("0.0.0.0", 1053)]
-    assert parsed.pod_ip == "10.244.0.10" and parsed.lameduck == 5
+    assert parsed.pod_ip == "10.244.0.10" and parsed.lameduck == 5 and parsed.tcp_connections == 1024
 
 
 # ---------------------------------------------------------------- deploy/kdns-corefile.yaml
@@ -277,8 +374,9 @@ def corefile_docs() -> list[dict]:
 
 
 def test_corefile_variant_differs_only_in_how_kdns_is_configured(docs, corefile_docs):
+    # The PodDisruptionBudget selects kdns.yaml's pods (k8s-app: kdns), which run beside CoreDNS.
     assert [d for d in corefile_docs if d["kind"] not in ("Deployment", "Service")] == \
-        [d for d in docs if d["kind"] not in ("Deployment", "Service")]
+        [d for d in docs if d["kind"] not in ("Deployment", "Service", "PodDisruptionBudget")]
     problems: list[str] = []
     for doc in corefile_docs:
         _check(doc, _model(doc["kind"], doc["apiVersion"]).__name__, doc["kind"], problems)

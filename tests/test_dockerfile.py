@@ -215,7 +215,7 @@ def test_dockerfile_steps_install_and_run(stages, tmp_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/health", timeout=5) as r:
             assert (r.status, r.read()) == (200, b"OK")
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as r:
-            assert b"kdns_dns_queries_total" in r.read()
+            assert b"kdns_dns_requests_total" in r.read()
         proc.terminate()
         assert proc.wait(30) == 0
     finally:

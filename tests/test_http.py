@@ -22,7 +22,9 @@ from kdns.snapshot import build
 
 # Every kdns_ family /metrics must show, with its type (the names are documented in docs/ops.md).
 FAMILIES = {
-    "kdns_dns_queries": "counter",
+    "kdns_dns_requests": "counter",
+    "kdns_dns_responses": "counter",
+    "kdns_dns_request_duration_seconds": "histogram",
     "kdns_cache_hits": "counter",
     "kdns_cache_misses": "counter",
     "kdns_cache_entries": "gauge",
@@ -97,7 +99,7 @@ def test_metrics_names_types_and_state(web):
     assert {n: fams[n].type for n in FAMILIES} == FAMILIES
     assert value(fams, "kdns_synced") == 1 and value(fams, "kdns_ready") == 1
     assert value(fams, "kdns_services") == 7                    # zones/cluster.yaml
-    assert value(fams, "kdns_build_info", version="0.1.0") == 1
+    assert [s.labels["version"] for s in fams["kdns_build_info"].samples] == ["0.1.0"]
     assert "process_cpu_seconds_total" in {s.name for f in fams.values() for s in f.samples}
     # The snapshot version is the SOA serial clients see.
     soa = web.query("cluster.local.", "SOA").answer[0][0]
@@ -121,17 +123,31 @@ def test_counters_move_with_queries(web):
     def delta(sample, **labels):
         return value(after, sample, **labels) - value(before, sample, **labels)
 
-    assert delta("kdns_dns_queries_total", type="A", rcode="NOERROR", proto="udp") == 4
-    assert delta("kdns_dns_queries_total", type="A", rcode="NXDOMAIN", proto="tcp") == 1
-    assert delta("kdns_dns_queries_total", type="SRV", rcode="NOERROR", proto="udp") == 1
-    assert delta("kdns_dns_queries_total", type="other", rcode="NOERROR", proto="udp") == 1
-    assert delta("kdns_cache_hits_total") == 3
-    assert delta("kdns_cache_misses_total") == 3                  # A, SRV, TYPE65280 over UDP
+    def requests(**labels):
+        fam = after["kdns_dns_requests"].samples
+        was = before["kdns_dns_requests"].samples
+        return sum(x.value for x in fam if labels.items() <= x.labels.items()) - \
+            sum(x.value for x in was if labels.items() <= x.labels.items())
+
+    def responses(**labels):
+        fam = after["kdns_dns_responses"].samples
+        was = before["kdns_dns_responses"].samples
+        return sum(x.value for x in fam if labels.items() <= x.labels.items()) - \
+            sum(x.value for x in was if labels.items() <= x.labels.items())
+
+    assert requests(type="A", proto="udp") == 4 and requests(type="A", proto="tcp") == 1
+    assert responses(rcode="NXDOMAIN") == 1
+    assert requests(type="SRV", proto="udp") == 1
+    assert requests(type="other", proto="udp") == 1
+    assert responses(rcode="NOERROR", plugin="cache") == 3
+    assert requests() == 7 == responses()
+    assert delta("kdns_cache_hits_total", server=f"dns://127.0.0.1:{web.port}", type="success", zones=".") == 3
+    assert delta("kdns_cache_misses_total", server=f"dns://127.0.0.1:{web.port}", zones=".") == 3
     assert delta("kdns_dns_dropped_total") == 1
     # Timed: every computed answer (3 UDP misses + 1 TCP); hits are not timed.
     assert delta("kdns_dns_answer_duration_seconds_count") == 4
     assert delta("kdns_dns_answer_duration_seconds_bucket", le="+Inf") == 4
-    assert value(after, "kdns_cache_entries") >= 3
+    assert value(after, "kdns_cache_entries", type="success", zones=".") >= 2
 
 
 def test_ready_is_503_with_the_reason_until_synced():
@@ -220,8 +236,8 @@ def test_packet_cache_stays_within_cache_size():
             for name in names:
                 resp = server.query(f"{name}.default.svc.cluster.local.")
                 assert resp.rcode() == 0 and resp.answer             # still right when evicting
-                assert value(scrape(port), "kdns_cache_entries") <= 3
-        assert value(scrape(port), "kdns_cache_entries") >= 1
+                assert value(scrape(port), "kdns_cache_entries", type="success", zones=".") <= 3
+        assert value(scrape(port), "kdns_cache_entries", type="success", zones=".") >= 1
     finally:
         server.stop()
 

@@ -254,17 +254,20 @@ def test_ready_and_metrics_follow_the_watch(api, kdns):
 
 
 def test_the_deploy_manifest_applied_through_kubectl_is_served(api, kdns, tmp_path):
-    """deploy/kdns.yaml, created with kubectl (validation on) against the fake API, then
-    answered by kdns watching that API: the kube-dns Service it defines resolves."""
+    """deploy/kdns.yaml, kube-dns.yaml and kube-dns-upstream.yaml, created with kubectl (validation on) against
+    the fake API, then answered by kdns watching that API: the Services they define resolve."""
     kubectl = os.environ.get("KUBECTL") or shutil.which("kubectl")
     assert kubectl, "kubectl is required (Debian: apt-get install kubernetes-client)"
     server = synced(api, kdns())
     config = api.kubeconfig(tmp_path / "kubectl-config")
     out = subprocess.run([kubectl, "--kubeconfig", config, "--cache-dir", str(tmp_path / "cache"),
-                          "create", "-f", str(ROOT / "deploy" / "kdns.yaml")],
+                          "create", "-f", str(ROOT / "deploy" / "kdns.yaml"),
+                          "-f", str(ROOT / "deploy" / "kube-dns.yaml"),
+                          "-f", str(ROOT / "deploy" / "kube-dns-upstream.yaml")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "service/kube-dns created" in out.stdout.splitlines()
-    want = api.get("Service", "kube-system", "kube-dns")["spec"]["clusterIP"]
-    eventually(server, "kube-dns.kube-system.svc.cluster.local.", ("NOERROR", [want]))
+    for name in ("kube-dns", "kdns", "kube-dns-upstream"):
+        assert f"service/{name} created" in out.stdout.splitlines()
+        want = api.get("Service", "kube-system", name)["spec"]["clusterIP"]
+        eventually(server, f"{name}.kube-system.svc.cluster.local.", ("NOERROR", [want]))
     assert api.get("Deployment", "kube-system", "kdns")["spec"]["replicas"] == 2

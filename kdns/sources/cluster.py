@@ -43,7 +43,7 @@ from kubernetes.config.config_exception import ConfigException
 
 from kdns import metrics, objects
 from kdns.objects import SERVICE_NAME_LABEL, Cluster, FieldError, short_str
-from kdns.sources import Object, Sink, decode
+from kdns.sources import Object, Sink, decode, programming
 
 log = logging.getLogger("kdns.cluster")
 
@@ -466,6 +466,7 @@ class ClusterSource:
         self.stats = Stats()
         self.synced = False
         self._listed: set[str] = set()
+        self._forbidden: dict[str, str] = {}     # optional kinds the account may not list: why
         self._lock = threading.Lock()            # store + sink calls, in one order
         self._stop = threading.Event()
         self._reflectors = [_Reflector(self, k) for k in self.kinds]
@@ -497,6 +498,23 @@ class ClusterSource:
         """The kinds not fully listed yet, for /ready's reason ("" once synced)."""
         return ", ".join(k.resource for k in self.kinds if k.resource not in self._listed)
 
+    def problem(self) -> str | None:
+        """Why this source must not take traffic although it serves (for /ready), or None."""
+        return "; ".join(list(self._forbidden.values())) or None
+
+    def forbidden(self, kind: Kind, exc: BaseException) -> None:
+        """An optional kind (pods, for --pods verified) the account may not list: serve the rest
+        as if it were empty, and say not ready, rather than hold the whole zone at SERVFAIL.
+        Retrying goes on: granting the rule heals it without a restart."""
+        if kind.resource in self._forbidden:
+            return
+        why = (f"forbidden to list {kind.resource}: --pods verified needs list and watch on pods "
+               f"(apply deploy/kdns-pods-verified.yaml); serving Services, pod names get NXDOMAIN")
+        log.error("%s (%s)", why, describe_error(exc))
+        self._forbidden[kind.resource] = why
+        if kind.resource not in self._listed:
+            self.listed(kind, {})
+
     def wait_synced(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while not self.synced and time.monotonic() < deadline and not self._stop.is_set():
@@ -526,6 +544,9 @@ class ClusterSource:
             # Before the first full sync the store collects; the first reset carries it all.
             if change is not None and self.synced:
                 self._tell(self.sink.apply, *change)
+                if kind.resource == "endpointslices" and change[0] != "DELETED":
+                    programming.served(event.get("object") or {}, self.store.cluster.services.get(
+                        (change[1].namespace, change[1].service_name)))
             return rv
 
     def _tell(self, call: Callable[..., None], *args: Any) -> None:
@@ -572,6 +593,8 @@ class _Reflector:
                 if self.rv is None:
                     relist = name in self.source._listed
                     items, rv = _list(self.api, self.kind, t.page_size, (t.connect, t.list_read))
+                    if self.source._forbidden.pop(name, None):
+                        log.info("%s: listed; the missing permission was granted", name)
                     self.last_contact = time.monotonic()
                     self.source.listed(self.kind, items)
                     self.rv = rv
@@ -602,6 +625,8 @@ class _Reflector:
                 hint = retry_after(exc)
                 if hint is not None:
                     delay = min(hint, t.retry_after_cap) + 0.1 * self.backoff.rng()
+                if getattr(exc, "status", None) == 403 and self.kind.resource == "pods":
+                    self.source.forbidden(self.kind, exc)
                 what = "listing" if self.rv is None else "watching"
                 log.warning("%s %s at %s: %s; retrying in %.1fs", what, name, self.source.host,
                             describe_error(exc) + _advice(exc, self.kind), delay)

@@ -61,6 +61,7 @@ class Meta(_S):
     name: Str = None
     namespace: Str = None
     labels: dict[str, Any] | None = None           # all of them: --labels selects on them
+    annotations: dict[str, Any] | None = None      # the slice's last-change-trigger-time
     resourceVersion: Str = None
     continue_: Str = msgspec.field(default=None, name="continue")
     deletionTimestamp: Any = None

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
-from kdns import objects, selector
+from kdns import metrics, objects, selector
 from kdns.objects import Cluster, FieldError, short, short_str
 from kdns.sources import controllers, decode, workloads
 
@@ -555,6 +555,7 @@ class Watcher:
         except ManifestError as exc:
             for line in exc.problems:
                 log.error("%s", line)
+            metrics.RELOAD_FAILED.inc()
             log.error("reload failed: still serving the last good manifests")
             return
         changes = diff(self._cluster, cluster) if self._cluster is not None else None
