@@ -64,17 +64,67 @@ def cluster_source(args, sink, pods: bool):
                                  endpoints=not getattr(args, "noendpoints", False))
 
 
+def _duration(text: str) -> float:
+    """'3600', '90s', '30m', '1h', '7d' -> seconds (CoreDNS's serve_stale DURATION)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip().lower()
+    scale = units.get(t[-1:], None)
+    try:
+        value = float(t[:-1] if scale else t) * (scale or 1)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 30 * 86400:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration like 3600, 30m, 1h or 1d "
+                                         "(at most 30d; 0 = off)")
+    return value
+
+
+def _count(low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {low}-{high}")
+        return value
+    return parse
+
+
+def _cidr(text: str) -> str:
+    from kdns.forward.acl import AllowError, parse_cidr
+    try:
+        return str(parse_cidr(text))
+    except AllowError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_forward_args(p: argparse.ArgumentParser) -> None:
     """Where names outside our zones go (docs/forwarding.md)."""
+    from kdns.forward import DEFAULT_ALLOW, MAX_CLIENT_FORWARDS, MAX_CONCURRENT, POLICIES
+
     p.add_argument("--upstream", action="append", type=_listen, default=[], metavar="HOST[:PORT]",
-                   help="resolver for names outside the cluster zones; repeatable, tried in order; "
-                        "default: the nameservers of --resolv-conf")
+                   help="resolver for names outside the cluster zones; repeatable; default: the "
+                        "nameservers of --resolv-conf")
+    p.add_argument("--policy", choices=POLICIES, default="sequential",
+                   help="order the upstreams are asked in, healthy ones first: sequential (as "
+                        "given), round_robin, random (default sequential)")
+    p.add_argument("--allow", action="append", type=_cidr, default=[], metavar="CIDR",
+                   help="clients that may have names outside the cluster zones forwarded; "
+                        "repeatable; others get REFUSED for them (cluster names stay open); "
+                        f"default: loopback and private ranges ({', '.join(DEFAULT_ALLOW)})")
+    p.add_argument("--max-concurrent", type=_count(1, 100000), default=MAX_CONCURRENT, metavar="N",
+                   help="queries in flight per upstream; beyond, SERVFAIL at once (CoreDNS forward "
+                        f"max_concurrent; default {MAX_CONCURRENT})")
+    p.add_argument("--max-client-forwards", type=_count(1, 100000), default=MAX_CLIENT_FORWARDS,
+                   metavar="N", help="forwarded queries outstanding per client address; beyond, "
+                                     f"SERVFAIL at once (default {MAX_CLIENT_FORWARDS})")
+    p.add_argument("--serve-stale", type=_duration, default=0.0, metavar="DURATION",
+                   help="when no upstream answers, serve an answer expired up to this long ago, "
+                        "with TTL 30 (RFC 8767); like 1h or 86400 (default 0: off)")
     p.add_argument("--resolv-conf", default=None, metavar="PATH",
                    help="read upstreams from this file's nameserver lines when no --upstream is "
                         "given (default /etc/resolv.conf); '' = no forwarding (REFUSED)")
-    p.add_argument("--max-concurrent", type=int, default=1000, metavar="N",
-                   help="forwarded queries in flight at once; past it, SERVFAIL at once "
-                        "(CoreDNS forward max_concurrent; default 1000)")
     p.add_argument("--cache-ttl", type=serveargs.ttl, default=3600, metavar="SECONDS",
                    help="longest TTL a forwarded answer is cached and served with (CoreDNS cache "
                         "TTL; default 3600)")
@@ -227,9 +277,16 @@ def _forwarder(args, bound, cache_size, zones):
         return None
     log.info("forwarding other names to %s",
              ", ".join(format_hostport(h, p) for h, p in upstreams))
+    allow = args.allow or None
+    if allow:
+        log.info("forwarding for clients in %s only", ", ".join(allow))
     caps = (args.cache_ttl, min(1800, args.cache_ttl) if args.cache_denial_ttl is None
             else args.cache_denial_ttl)
-    return Forwarder(upstreams, cache_size, own_zones=zones, caps=caps)
+    return Forwarder(upstreams, cache_size, own_zones=zones, caps=caps, policy=args.policy,
+                     max_concurrent=args.max_concurrent,
+                     max_client_forwards=args.max_client_forwards,
+                     serve_stale=args.serve_stale,
+                     **({"allow": allow} if allow else {}))
 
 
 def _pause_gc(limit: float | None = None) -> None:
@@ -362,7 +419,7 @@ def serve(args) -> int:
         return 2
     server = Server(store.holder, config.listen, config.cache_size, batch=config.udp_batch,
                     loadbalance=config.loadbalance, rewrites=rewrites,
-                    max_forwards=args.max_concurrent, tcp_connections=args.tcp_connections)
+                    tcp_connections=args.tcp_connections)
     try:
         bound = server.bind()
     except OSError as exc:

@@ -431,7 +431,7 @@ class _Why:
         owner, rtype, _, data = rr
         svc = self.svc
         if rtype == ans.SOA:
-            return f"the zone's SOA (negative answers carry it, RFC 2308); serial = snapshot version"
+            return "the zone's SOA (negative answers carry it, RFC 2308); serial = snapshot version"
         if rtype == ans.PTR:
             return self._ptr_origin(owner)
         if rtype == ans.NS:

@@ -47,10 +47,32 @@ WATCH_ERRORS = Counter("kdns_watch_errors", "Watch or list requests that failed 
                        "with backoff, by kind and reason (an HTTP status like 500, or timeout, "
                        "disconnect)", ["kind", "reason"], registry=REGISTRY)
 
-# ---- for kdns.forward: one increment per upstream exchange (the slow path).
-FORWARDS = Counter("kdns_forwards", "Queries sent to an upstream resolver, by upstream (host:port) "
-                   "and result (the response rcode like NOERROR, or timeout, error)",
-                   ["upstream", "result"], registry=REGISTRY)
+# ---- for kdns.forward: one increment per upstream exchange (the slow path). The names are
+# CoreDNS forward plugin's (coredns_forward_*), so its dashboards carry over; ``to`` is host:port.
+# CoreDNS's plugin.TimeBuckets: 0.25 ms doubling to 8 s.
+FORWARD_BUCKETS = tuple(0.00025 * 2 ** i for i in range(16))
+FORWARD_REQUESTS = Counter("kdns_forward_requests", "Queries sent to an upstream, by upstream",
+                           ["to"], registry=REGISTRY)
+FORWARD_RESPONSES = Counter("kdns_forward_responses", "Upstream replies and failed exchanges, by "
+                            "rcode (NOERROR, NXDOMAIN, ... or timeout, error, mismatch) and upstream",
+                            ["rcode", "to"], registry=REGISTRY)
+FORWARD_DURATION = Histogram("kdns_forward_request_duration_seconds", "Time from sending a query "
+                             "to an upstream to its reply, by upstream", ["to"],
+                             buckets=FORWARD_BUCKETS, registry=REGISTRY)
+FORWARD_HEALTHCHECK_FAILURES = Counter("kdns_forward_healthcheck_failures", "Health probes of a "
+                                       "down upstream that failed, by upstream", ["to"],
+                                       registry=REGISTRY)
+FORWARD_SHED = Counter("kdns_forward_shed", "Forwarded queries answered SERVFAIL at once, by reason "
+                       "(client: the client's --max-client-forwards; upstream: every upstream at "
+                       "--max-concurrent)", ["reason"], registry=REGISTRY)
+FORWARD_REFUSED = Counter("kdns_forward_refused", "Queries for forwarded names REFUSED because the "
+                          "client is outside --allow", registry=REGISTRY)
+FORWARD_STALE = Counter("kdns_forward_stale_answers", "Expired answers served with TTL 30 because "
+                        "no upstream answered (--serve-stale, RFC 8767)", registry=REGISTRY)
+FORWARD_INFLIGHT = Gauge("kdns_forward_inflight", "Queries in flight at an upstream, by upstream",
+                         ["to"], registry=REGISTRY)
+FORWARD_HEALTHY = Gauge("kdns_forward_upstream_healthy", "1 while an upstream is healthy, 0 while it "
+                        "is marked down and probed, by upstream", ["to"], registry=REGISTRY)
 
 # ---- for kdns.sources.manifests: a reload whose files did not load (CoreDNS reload's counter).
 RELOAD_FAILED = Counter("kdns_reload_failed", "Manifest reloads that failed (bad files); the last "
@@ -187,7 +209,7 @@ class QueryStats:
     practice without a lock.
 
     Which listener a miss is counted for is the answering thread's: each loop (and each TCP
-    connection) calls ``enter`` once; a worker inherits it through ``deferred``.
+    connection) calls ``enter`` once; a forwarded query's reply enters its UDP listener.
     """
 
     def __init__(self) -> None:
@@ -267,20 +289,6 @@ class QueryStats:
         li = getattr(self._local, "listener", None)
         if li is not None and li.proto == "udp":     # out of its batch's answers (TCP: untimed anyway)
             li.skipped += 1
-
-    def deferred(self, fn):
-        """``fn`` to run on a worker thread for this thread's UDP listener: the query leaves the
-        batch (the batch's time is not its time) and is timed from now until ``fn`` returns."""
-        listener, start = self.current("udp"), perf_counter()
-        listener.skipped += 1
-
-        def run(*args, **kwargs):
-            self.enter(listener)
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                listener.one(start)
-        return run
 
     def observe(self, seconds: float) -> None:
         self.latency[bisect.bisect_left(LATENCY_BOUNDS, seconds)] += 1

@@ -15,10 +15,10 @@ log = logging.getLogger("kdns")
 
 
 def add_pending_args(p: argparse.ArgumentParser) -> None:
-    # Flags that need issue 12's forwarder: accepted, so that a Corefile's translation is
-    # whole, and refused at startup with the reason (never silently dropped).
-    for flag, meta in (("--forward", "ZONE=HOST[:PORT][,...]"), ("--policy", "NAME"),
-                       ("--forward-except", "ZONE")):
+    # Flags the forwarder does not do yet (per-zone forwarding): accepted, so that a Corefile's
+    # translation is whole, and refused at startup with the reason (never silently dropped).
+    # (--policy is kdns.cli's own now.)
+    for flag, meta in (("--forward", "ZONE=HOST[:PORT][,...]"), ("--forward-except", "ZONE")):
         p.add_argument(flag, action="append", default=[], metavar=meta, help=argparse.SUPPRESS)
 
 
@@ -137,9 +137,6 @@ def pending_flags(args) -> list[str]:
     if args.forward:
         out.append(f"--forward {args.forward[0]}: per-zone forwarding (stub domains) is not in this "
                    "kdns yet; it comes with the new forwarder (issue 12)")
-    if args.policy:
-        out.append(f"--policy {args.policy[0]}: upstream policies are not in this kdns yet (issue 12); "
-                   "kdns tries upstreams in order (sequential)")
     if args.forward_except:
         out.append(f"--forward-except {args.forward_except[0]}: not in this kdns yet (issue 12)")
     return out

@@ -15,8 +15,10 @@ a blocking loop that takes up to --udp-batch queries per recvmmsg and sends thei
 sendmmsg (kdns.mmsg): the socket wrappers of a recvfrom/sendto loop cost CPython ~2 µs per query,
 more than everything else on the hit path, and batching measured 1.4x its QPS here. Where recvmmsg
 is missing (not Linux, 32-bit) the loop is one recvfrom/sendto per query, as fast as uvloop.
-Anything that waits on the network (forwarding, ExternalName chases) goes to a worker pool so the
-loop never blocks; its answer goes out with a plain sendto.
+Anything that waits on the network (forwarding, ExternalName chases) is handed to the forwarder
+(kdns.forward: one reactor thread, no thread per waiting query), so the loop never blocks; its
+answer goes out later with a plain sendto. Whether a client may recurse (--allow) is asked before
+any forwarded answer is served, memoised or not.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import logging
 import socket
 import struct
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
 
 from kdns import answer as ans
@@ -43,15 +44,12 @@ log = logging.getLogger("kdns.server")
 TCP_IDLE_TIMEOUT = 15.0
 TCP_MAX_CONNECTIONS = 256      # default --tcp-connections: beyond it, new connections are closed at once
 MAX_TCP_MESSAGE = 65535
-# Forwarded queries waiting for a worker (CoreDNS forward's max_concurrent): past this, a dead
-# or slow upstream would only grow a queue whose answers come after the clients gave up.
-MAX_PENDING_FORWARDS = 1000
 
 
 class Server:
     def __init__(self, holder: Holder, listen: tuple[tuple[str, int], ...], cache_size: int = 20000,
                  forwarder=None, batch: int = 64, loadbalance: bool = True,
-                 rewrites: rewrite.Rules = rewrite.Rules(), max_forwards: int | None = None,
+                 rewrites: rewrite.Rules = rewrite.Rules(),
                  tcp_connections: int = TCP_MAX_CONNECTIONS):
         self.holder = holder
         self.batch = batch        # datagrams per recvmmsg/sendmmsg (Config checks 1-1024); 1 = recvfrom
@@ -66,9 +64,6 @@ class Server:
         self._udp: list[socket.socket] = []
         self._tcp: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
-        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="kdns-slow")
-        self._forward_slots = threading.BoundedSemaphore(
-            max(1, MAX_PENDING_FORWARDS if max_forwards is None else max_forwards))
         self._tcp_slots = threading.BoundedSemaphore(tcp_connections)
         self._stopping = threading.Event()
         self.stats = QueryStats()
@@ -120,7 +115,8 @@ class Server:
             except OSError:
                 pass
             sock.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.forwarder is not None:
+            self.forwarder.close()
 
     def cache_entries(self) -> int:
         return len(self.cache.entries)
@@ -226,13 +222,13 @@ class Server:
             # ever served longer than it counts).
             key = data[2:]
             memo = self._forward_memo.get(key)
-            if memo is not None and memo[1] > forwarder.clock():
+            if memo is not None and memo[1] > forwarder.clock() and forwarder.allows(peer()):
                 memo[2][self.stats.computed_slot()] += 1
                 return data[:2] + memo[0]
         addr = peer()
         try:
             return self._respond(data, snap, self.cache, tcp=False,
-                                 reply=lambda p: self._udp_send(sock, p, addr))
+                                 reply=lambda p: self._udp_send(sock, p, addr), client=addr)
         except Exception as e:                   # a bad packet must never kill the loop
             self.bad.exception("answering a UDP query", e)
             return None
@@ -246,9 +242,10 @@ class Server:
 
     # ------------------------------------------------------------------ the miss path
     def _respond(self, data: bytes, snap: Snapshot, cache: PacketCache | None, tcp: bool,
-                 reply) -> bytes | None:
-        """Answer one query. Returns the packet, or None when dropped or answered later via
-        ``reply`` (forwarding). Cacheable answers go into ``cache``."""
+                 reply, client=None) -> bytes | None:
+        """Answer one query from ``client`` (its socket address). Returns the packet, or None
+        when dropped or answered later via ``reply`` (forwarding). Cacheable answers go into
+        ``cache``."""
         start = perf_counter()
         transport = "tcp" if tcp else "udp"
         try:
@@ -276,23 +273,24 @@ class Server:
             self.bad.exception("answering", e, query.qname)
             return self._counted(wire.servfail(query), transport, data)
         limit = MAX_TCP_MESSAGE if tcp else wire.udp_limit(query)
-        if self.forwarder is not None and (resp.forward or resp.chase or resp.fallthrough):
-            if not tcp and resp.forward:
-                # The forwarding cache, asked only once the name is known to be outside our
-                # zones (an in-zone miss never pays for a second parse).
-                hit = self.forwarder.cached_until(data)
-                if hit is not None:
-                    packet, until = hit
-                    if len(self._forward_memo) >= self.cache_size:
-                        evict_oldest(self._forward_memo)
-                    self._forward_memo[data[2:]] = (packet[2:], until, self.stats.computed(packet, "udp", data))
-                    return packet
-            if tcp:
-                return self._counted(self._slow(data, query, resp, limit, tcp), transport, data)
-            if not self._forward_slots.acquire(blocking=False):
-                return self._counted(wire.servfail(query), transport, data)   # shed load, never queue forever
-            self._pool.submit(self.stats.deferred(self._slow_reply), data, query, resp, limit, reply)
-            return None
+        forwarder = self.forwarder
+        if forwarder is not None and (resp.forward or resp.chase or resp.fallthrough):
+            if forwarder.admits(client, query.name):
+                if not tcp and resp.forward:
+                    # The forwarding cache, asked only once the name is known to be outside our
+                    # zones (an in-zone miss never pays for a second parse).
+                    hit = forwarder.cached_until(data, client)
+                    if hit is not None:
+                        packet, until = hit
+                        if len(self._forward_memo) >= self.cache_size:
+                            evict_oldest(self._forward_memo)
+                        self._forward_memo[data[2:]] = (packet[2:], until,
+                                                        self.stats.computed(packet, "udp", data))
+                        return packet
+                return self._forward(data, query, resp, limit, tcp, client, reply, transport)
+            # Outside --allow: the answer kdns gives without an upstream (REFUSED, the CNAME
+            # alone, its own NXDOMAIN), for this client only.
+            cache = None
         if resp.forward:
             resp = ans.Response(ans.REFUSED, authoritative=False)   # no upstream configured
         run = self._rotatable(query, resp)
@@ -328,28 +326,41 @@ class Server:
         self.stats.computed(packet, transport, data)
         return packet
 
-    def _slow_reply(self, data, query, resp, limit, reply) -> None:
-        try:
-            packet = self._slow(data, query, resp, limit, False)
-        except Exception:
-            log.exception("internal error forwarding %s", query.qname)
-            packet = wire.servfail(query)
-        finally:
-            self._forward_slots.release()
-        self.stats.computed(packet, "udp", data)
-        reply(packet)                            # _udp_send: a failed send is dropped there
+    def _forward(self, data: bytes, query: wire.Query, resp: ans.Response, limit: int, tcp: bool,
+                 client, reply, transport: str) -> bytes | None:
+        """Answers that need an upstream: forwarded names, ExternalName chases, PTR fallthrough.
+        UDP: handed to the forwarder, answered now (cache hit, shed) or later through ``reply``;
+        TCP: the connection's own thread waits."""
+        fwd = self.forwarder
+        if tcp:
+            packet = (fwd.chase(query, resp, limit, client) if resp.chase and not resp.forward
+                      else fwd.forward(data, True, client))
+            return self._counted(packet or wire.servfail(query), transport, data)
 
-    def _slow(self, data: bytes, query: wire.Query, resp: ans.Response, limit: int, tcp: bool) -> bytes:
-        """Answers that need an upstream: forwarded names, ExternalName chases, PTR fallthrough."""
+        # Answered later, on the forwarder's thread: timed from now, out of its batch's time.
+        listener, begun = self.stats.current("udp"), perf_counter()
+
+        def later(packet: bytes) -> None:
+            self.stats.enter(listener)
+            try:
+                self.stats.computed(packet, "udp", data)
+                reply(packet)                    # _udp_send: a failed send is dropped there
+            finally:
+                listener.one(begun)
         if resp.forward or resp.fallthrough:
-            return self.forwarder.forward(data, tcp) or wire.servfail(query)
-        return self.forwarder.chase(query, resp, limit)
+            packet = fwd.submit(data, client, False, later)
+        else:
+            packet = fwd.submit_chase(query, resp, limit, client, later)
+        if packet is None:
+            listener.skipped += 1
+            return None
+        return self._counted(packet, transport, data)
 
     # ------------------------------------------------------------------ TCP
     def _tcp_accept(self, sock: socket.socket) -> None:
         while not self._stopping.is_set():
             try:
-                conn, _ = sock.accept()
+                conn, addr = sock.accept()
             except OSError:
                 if self._stopping.is_set():
                     return
@@ -357,10 +368,10 @@ class Server:
             if not self._tcp_slots.acquire(blocking=False):
                 conn.close()
                 continue
-            threading.Thread(target=self._tcp_conn, args=(conn,), daemon=True,
+            threading.Thread(target=self._tcp_conn, args=(conn, addr), daemon=True,
                              name="kdns-tcp-conn").start()
 
-    def _tcp_conn(self, conn: socket.socket) -> None:
+    def _tcp_conn(self, conn: socket.socket, addr=None) -> None:
         """RFC 7766: many queries per connection, each with a 2-byte length prefix."""
         try:
             listener = self.stats.enter(self.stats.listener("tcp", *conn.getsockname()[:2]))
@@ -375,7 +386,8 @@ class Server:
                     return
                 start = perf_counter()
                 try:
-                    packet = self._respond(data, self.holder.current, None, tcp=True, reply=None)
+                    packet = self._respond(data, self.holder.current, None, tcp=True, reply=None,
+                                           client=addr)
                 except Exception as e:
                     self.bad.exception("answering a TCP query", e)
                     packet = None

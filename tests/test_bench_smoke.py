@@ -244,3 +244,19 @@ def test_report_shows_cpu_per_query_and_the_miss_hit_target():
              "lost_pct": 0.0, "rss_mb": 1.0, "wrong": 0, "asked": 1}]
     assert "| 2.00 (1.9-2.5) |" in report.table(rows)
     assert "kdns-nocache (a) 8.00 us / kdns (a) 2.00 us = 4.00x (target <= 3: NOT met)" in report.cpu_lines(rows)
+
+
+def test_forwarding_row_stub_answers_blackholes_and_expires(tmp_path):
+    """The forwarding row's upstream (python -m kdns.bench.stub): an A for every name, TTL 0 under
+    the fresh zone, nothing at all under the blackholed one."""
+    from kdns.bench import forwarding
+
+    spec = forwarding.stub_spec(servers.free_port())
+    with servers.Running(spec, tmp_path):
+        r = servers.ask(spec.port, "anything.example.", "A")
+        assert [rr.to_text() for rr in r.answer] == ["anything.example. 300 IN A 192.0.2.1"]
+        r = servers.ask(spec.port, f"x1.{forwarding.FRESH}", "A")
+        assert [rr.to_text() for rr in r.answer] == [f"x1.{forwarding.FRESH} 0 IN A 192.0.2.1"]
+        r = servers.ask(spec.port, "anything.example.", "AAAA")
+        assert r.rcode() == 0 and not r.answer
+        assert servers.ask(spec.port, f"r1.{forwarding.BLACKHOLE}", "A", timeout=0.3) is None

@@ -181,7 +181,8 @@ def test_cache_is_bounded(stub, clock):
 
 
 def test_concurrent_identical_misses_make_one_upstream_query(stub, clock):
-    fwd = Forwarder([stub.addr], clock=clock, timeout=10, deadline=10)
+    # initial_rto: no retransmission while the upstream holds the answer on purpose
+    fwd = Forwarder([stub.addr], clock=clock, timeout=10, deadline=10, initial_rto=10)
     stub.hold.clear()
     results: list[dns.message.Message] = []
     lock = threading.Lock()
@@ -248,12 +249,13 @@ def test_failover_to_the_second_upstream(stub, clock, failure):
         fwd = Forwarder([first, stub.addr], clock=clock, timeout=0.5)
         assert records(ask(fwd, "www.example.com.")) == ["www.example.com. 300 IN A 192.0.2.53"]
         if bad:
-            assert bad.count() == 1
-        assert stub.count() == 1
-        # the failed upstream is now tried last
+            assert bad.count(name="www.example.com") == 1
+        assert stub.count(name="www.example.com") == 1
+        # the failed upstream is now marked down and tried last (only its health probe, ". NS",
+        # goes there)
         ask(fwd, "a.example.com.")
         if bad:
-            assert bad.count() == 1
+            assert bad.count(name="a.example.com") == 0
     finally:
         if bad:
             bad.close()
@@ -271,7 +273,8 @@ def test_servfail_when_every_upstream_fails(clock):
         assert r.edns == 0 and str(r.question[0].name) == "www.example.com."
         # silent upstreams are asked in turn until the deadline (at most deadline/timeout + 1
         # times in all), the refusing one once; then SERVFAIL, and nothing cached
-        assert all(s.count() >= 1 for s in dead) and sum(s.count() for s in dead) <= 5
+        www = "www.example.com"
+        assert all(s.count(name=www) >= 1 for s in dead) and sum(s.count(name=www) for s in dead) <= 5
         assert fwd.stats["upstream_failures"] == fwd.stats["upstream_queries"]
         assert fwd.stats["servfail"] == 1 and len(fwd._cache) == 0
     finally:

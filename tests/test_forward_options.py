@@ -1,7 +1,7 @@
 """The forwarding options a Corefile maps to, against a real kdns and a loopback stub:
 --cache-ttl and --cache-denial-ttl (CoreDNS cache's success and denial TTLs) and
---max-concurrent (forward's max_concurrent); and the flags that wait for issue 12's forwarder,
-refused with their reason."""
+--max-concurrent (forward's max_concurrent); and the per-zone forwarding flags kdns does not do
+yet, refused with their reason (--policy is kdns's own now: tests/test_forward_reactor.py)."""
 
 from __future__ import annotations
 
@@ -66,8 +66,6 @@ def test_max_concurrent_sheds_load(upstream):
     ("--forward", "consul.local=10.150.0.1",
      "--forward consul.local=10.150.0.1: per-zone forwarding (stub domains) is not in this kdns "
      "yet; it comes with the new forwarder (issue 12)"),
-    ("--policy", "random", "--policy random: upstream policies are not in this kdns yet (issue 12); "
-     "kdns tries upstreams in order (sequential)"),
     ("--forward-except", "example.org", "--forward-except example.org: not in this kdns yet (issue 12)"),
 ])
 def test_flags_waiting_for_the_new_forwarder_are_refused(flag, value, error):

@@ -154,11 +154,13 @@ def test_refuses_to_start_when_every_upstream_is_itself():
     assert "Traceback" not in k.log()
 
 
-def test_forwarding_loop_is_detected_and_fatal():
-    """The upstream sends everything back to kdns, as a node resolver pointing at kdns would."""
+@pytest.mark.parametrize("allow", [[], ["--allow", "127.0.0.5/32"]], ids=["default-allow", "upstream-not-allowed"])
+def test_forwarding_loop_is_detected_and_fatal(allow):
+    """The upstream sends everything back to kdns, as a node resolver pointing at kdns would;
+    also when the upstream's own address is not one --allow lets recurse."""
     relay = Stub([])
     k = KdnsProcess("--manifests", str(DATA / "cluster.yaml"), "--upstream",
-                    f"127.0.0.1:{relay.port}", "--reload", "0", wait=False)
+                    f"127.0.0.1:{relay.port}", "--reload", "0", *allow, wait=False)
 
     def back_to_kdns(data: bytes) -> bytes | None:
         if not k.port:
@@ -207,9 +209,9 @@ def test_fallthrough_answer_never_outlives_the_snapshot(tmp_path, upstream):
         k.stop()
 
 
-def test_forwarded_queries_beyond_the_pending_bound_get_servfail_at_once(monkeypatch):
-    """While the upstream holds every answer, at most MAX_PENDING_FORWARDS queries wait; the next
-    one is answered SERVFAIL at once instead of joining an ever-longer queue."""
+def test_forwarded_queries_beyond_max_concurrent_get_servfail_at_once():
+    """While the upstream holds every answer, at most max_concurrent queries are in flight at it;
+    the next one is answered SERVFAIL at once instead of joining an ever-longer queue."""
     import dns.message
     import dns.query
 
@@ -219,14 +221,15 @@ def test_forwarded_queries_beyond_the_pending_bound_get_servfail_at_once(monkeyp
     from kdns.snapshot import Store
     from kdns.sources import manifests
 
-    monkeypatch.setattr(server_mod, "MAX_PENDING_FORWARDS", 2)
     held = Stub(UPSTREAM)
     held.hold.clear()
     config = Config(listen=(("127.0.0.1", 0),))
     store = Store(config)
     store.reset(manifests.load([DATA / "cluster.yaml"]))
     srv = server_mod.Server(store.holder, config.listen, 100)
-    srv.forwarder = Forwarder([held.addr], 100, timeout=10, deadline=10, own_zones=config.zones)
+    # initial_rto: the held queries are not sent again while they wait
+    srv.forwarder = Forwarder([held.addr], 100, timeout=10, deadline=10, own_zones=config.zones,
+                              max_concurrent=2, initial_rto=10)
     (addr,) = srv.bind()
     srv.start()
     socks = []

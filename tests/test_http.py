@@ -38,7 +38,15 @@ FAMILIES = {
     "kdns_watch_events": "counter",
     "kdns_relists": "counter",
     "kdns_watch_errors": "counter",
-    "kdns_forwards": "counter",
+    "kdns_forward_requests": "counter",
+    "kdns_forward_responses": "counter",
+    "kdns_forward_request_duration_seconds": "histogram",
+    "kdns_forward_healthcheck_failures": "counter",
+    "kdns_forward_shed": "counter",
+    "kdns_forward_refused": "counter",
+    "kdns_forward_stale_answers": "counter",
+    "kdns_forward_inflight": "gauge",
+    "kdns_forward_upstream_healthy": "gauge",
 }
 
 WEB = "webapp.default.svc.cluster.local."
@@ -254,8 +262,12 @@ def test_forwards_are_counted_by_upstream_and_result():
             assert server.query("www.example.com.").answer[0][0].address == "192.0.2.53"
         assert server.query("nosuch.example.com.").rcode() == 3
         families = scrape(port)
-        assert value(families, "kdns_forwards_total", upstream=who, result="NOERROR") == 1
-        assert value(families, "kdns_forwards_total", upstream=who, result="NXDOMAIN") >= 1
+        assert value(families, "kdns_forward_responses_total", to=who, rcode="NOERROR") == 1
+        assert value(families, "kdns_forward_responses_total", to=who, rcode="NXDOMAIN") >= 1
+        assert value(families, "kdns_forward_requests_total", to=who) == upstream.count(name="www.example.com") + upstream.count(name="nosuch.example.com")
+        assert value(families, "kdns_forward_request_duration_seconds_count", to=who) == 2
+        assert value(families, "kdns_forward_upstream_healthy", to=who) == 1
+        assert value(families, "kdns_forward_inflight", to=who) == 0
     finally:
         server.stop()
         upstream.close()

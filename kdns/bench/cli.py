@@ -6,7 +6,9 @@ answered query) plus the kdns/peer ratios;
 then starts kdns alone at 1k and 10k services to report memory, start-to-ready time, and how long
 a manifest change takes to show in answers; then kdns on the in-repo fake API server for the
 watch source's start-to-ready, memory and event-to-answer latency; then workload (d), hot names
-while a churn driver changes other Services through that fake API. See docs/bench.md.
+while a churn driver changes other Services through that fake API; then the forwarding row
+(kdns.bench.forwarding: forwarded-name QPS and a victim's answers under a blackholed-zone flood,
+kdns beside unbound). See docs/bench.md.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from kdns.bench import (apichurn, check, cluster as gen, cpu, dnsperf, live, report, servers, startup,
-                        watch, workloads)
+from kdns.bench import (apichurn, check, cluster as gen, cpu, dnsperf, forwarding, live, report,
+                        servers, startup, watch, workloads)
 from kdns.bench.servers import Running, Unavailable
 
 SERVERS = ("kdns", "kdns-nocache", "dnsmasq-a", "dnsmasq-srv", "unbound", "knot", "ceiling")
@@ -70,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="workload (d): hot services asked for (A) while the others change (default 200)")
     p.add_argument("--change-timeout", type=float, default=300.0,
                    help="longest wait for a manifest change to show in answers (seconds)")
+    p.add_argument("--forward-duration", type=float, default=5.0, metavar="SECONDS",
+                   help="seconds per dnsperf run of the forwarding row (cached and uncached "
+                        "forwarded names, kdns and unbound to one loopback stub); 0 skips the row")
+    p.add_argument("--flood-qps", type=int, default=2000, metavar="N",
+                   help="unique names per second the forwarding row's flooding client sends under "
+                        "a dead zone (default 2000)")
+    p.add_argument("--flood-seconds", type=float, default=10.0, metavar="SECONDS",
+                   help="how long the forwarding row's flood lasts (default 10)")
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat every run this many times and report the median (default 1)")
     p.add_argument("--together", action="store_true",
@@ -208,6 +218,17 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
                   f"to other Services; {n:,} services, {n * 10:,} endpoints; dnsperf -l {args.duration:g}; "
                   f"medians of {args.rounds} round(s), spread in brackets:")
             print(report.churn_lines(churn[-1]))
+    forward_rows = []
+    if args.forward_duration > 0 and "kdns" in names:
+        peers = [n for n in ("kdns", "unbound") if n in names]
+        try:
+            forward_rows = forwarding.measure(peers, tmp, duration=args.forward_duration,
+                                              flood_qps=args.flood_qps, flood_s=args.flood_seconds,
+                                              rounds=args.rounds, clients=args.clients,
+                                              outstanding=args.outstanding, say=_say)
+        except (Unavailable, OSError) as exc:
+            forward_rows = [{"server": "stub", "error": str(exc)}]
+        print("\n" + forwarding.table(forward_rows, args.flood_qps, args.flood_seconds))
     startup_rows, churn_out = [], None
     if args.startup_sizes.strip() and "kdns" in names:
         startup_rows = startup.run([int(x) for x in args.startup_sizes.split(",") if x.strip()], tmp,
@@ -229,7 +250,8 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
                                                      "namespaces": len(model.namespaces),
                                                      "records": len(records)},
                                          "results": rows, "ratios": ratio_items, "memory": memory,
-                                         "watch": api_source, "churn": churn, "startup": startup_rows,
+                                         "watch": api_source, "churn": churn,
+                                         "forwarding": forward_rows, "startup": startup_rows,
                                          "api_churn": churn_out}, indent=2))
     return 0
 
