@@ -287,7 +287,12 @@ def test_tcp_connections_caps_open_connections():
         assert got == b""                                               # closed at once, unanswered
         second.close()
         first.close()
-        assert wait_for(lambda: server.query(WEB, tcp=True).answer)     # the slot comes back
+        def served() -> bool:
+            try:
+                return bool(server.query(WEB, tcp=True).answer)
+            except (EOFError, ConnectionError):
+                return False                     # the slot is not back yet
+        assert wait_for(served)                                         # the slot comes back
     finally:
         server.stop()
     bad = run_kdns("serve", "--tcp-connections", "0")
