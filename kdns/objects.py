@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -21,6 +22,27 @@ PROTOCOLS = ("TCP", "UDP", "SCTP")
 # ValidateDNS1123Label / DNS1035Label: lower-case alphanumerics and '-', at most 63.
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+# A value quoted in an error is cut to a prefix: a manifest's 100 MB field (or a YAML alias
+# bomb's billion-element list) must give a one-line error, not a 200 MB line.
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
+_SHORT.maxlevel = 2
+
+
+def short(value: Any) -> str:
+    """repr(value) for the short values of real manifests; a bounded prefix of long ones."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= 160 else text[:140] + "..." + text[-10:]
+
+
+def short_str(value: Any) -> str:
+    """str(value) for a name in a message (as "Service/ns/name"), bounded like ``short``."""
+    if isinstance(value, str):
+        return value if len(value) <= 80 else value[:60] + "..." + value[-10:]
+    return short(value)
 
 
 class FieldError(ValueError):
@@ -147,12 +169,16 @@ class Cluster:
 # --------------------------------------------------------------------------- helpers
 
 def _get(obj: Mapping[str, Any], key: str, path: str, kind: type | tuple, default: Any = None) -> Any:
-    value = obj.get(key, default) if isinstance(obj, Mapping) else default
+    # type() before isinstance(): this runs ~10 times per endpoint of a 100,000-endpoint
+    # cluster, and an ABC's isinstance is slow.
+    value = obj.get(key, default) if type(obj) is dict or isinstance(obj, Mapping) else default
     if value is None:
         return default
+    if type(value) is kind:
+        return value
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise FieldError(path + key, f"must be {_article(names)}, got {type(value).__name__} {value!r}")
+        raise FieldError(path + key, f"must be {_article(names)}, got {type(value).__name__} {short(value)}")
     return value
 
 
@@ -171,29 +197,37 @@ def _name(meta: Mapping[str, Any], what: str = "metadata.name") -> str:
     if not name:
         raise FieldError(what, "is required")
     if not isinstance(name, str):
-        raise FieldError(what, f"must be a string, got {name!r}")
+        raise FieldError(what, f"must be a string, got {short(name)}")
     return name
 
 
 def _namespace(meta: Mapping[str, Any]) -> str:
     ns = meta.get("namespace") or "default"
     if not isinstance(ns, str) or not _DNS1123_LABEL.match(ns) or len(ns) > 63:
-        raise FieldError("metadata.namespace", f"must be a DNS-1123 label, got {ns!r}")
+        raise FieldError("metadata.namespace", f"must be a DNS-1123 label, got {short(ns)}")
     return ns
 
 
+# Canonical dotted-quad IPv4 (no leading zeros, each part <= 255): already what
+# ipaddress.ip_address(value).compressed would give, at a tenth of the cost.
+_IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+                   r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")
+
+
 def _ip(value: Any, path: str) -> str:
+    if type(value) is str and _IPV4.fullmatch(value):
+        return value
     if not isinstance(value, str):
-        raise FieldError(path, f"must be an IP address string, got {value!r}")
+        raise FieldError(path, f"must be an IP address string, got {short(value)}")
     try:
         return ipaddress.ip_address(value).compressed
     except ValueError:
-        raise FieldError(path, f"invalid IP address {value!r}") from None
+        raise FieldError(path, f"invalid IP address {short(value)}") from None
 
 
 def _port_number(value: Any, path: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
-        raise FieldError(path, f"must be a port number 1-65535, got {value!r}")
+        raise FieldError(path, f"must be a port number 1-65535, got {short(value)}")
     return value
 
 
@@ -201,7 +235,7 @@ def _protocol(value: Any, path: str) -> str:
     if value in (None, ""):
         return "TCP"
     if value not in PROTOCOLS:
-        raise FieldError(path, f"must be one of TCP, UDP, SCTP, got {value!r}")
+        raise FieldError(path, f"must be one of TCP, UDP, SCTP, got {short(value)}")
     return value
 
 
@@ -217,7 +251,7 @@ def _ports(items: Any, path: str, *, service: bool) -> tuple[ServicePort, ...]:
             raise FieldError(here, "must be a mapping")
         name = p.get("name") or ""
         if not isinstance(name, str) or (name and (not _DNS1123_LABEL.match(name) or len(name) > 63)):
-            raise FieldError(here + ".name", f"must be a DNS-1123 label, got {name!r}")
+            raise FieldError(here + ".name", f"must be a DNS-1123 label, got {short(name)}")
         if service or p.get("port") is not None:
             number = _port_number(p.get("port"), here + ".port")
         else:
@@ -232,12 +266,12 @@ def service_from_dict(obj: Mapping[str, Any]) -> Service:
     meta = _mapping(obj, "metadata", "")
     name = _name(meta)
     if not _DNS1123_LABEL.match(name) or len(name) > 63:
-        raise FieldError("metadata.name", f"must be a DNS-1035 label, got {name!r}")
+        raise FieldError("metadata.name", f"must be a DNS-1035 label, got {short(name)}")
     ns = _namespace(meta)
     spec = _mapping(obj, "spec", "")
     stype = _get(spec, "type", "spec.", str, "ClusterIP")
     if stype not in ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName"):
-        raise FieldError("spec.type", f"must be ClusterIP, NodePort, LoadBalancer or ExternalName, got {stype!r}")
+        raise FieldError("spec.type", f"must be ClusterIP, NodePort, LoadBalancer or ExternalName, got {short(stype)}")
     ports = _ports(spec.get("ports"), "spec.ports", service=True)
     external_name = ""
     cluster_ip = ""
@@ -258,9 +292,9 @@ def service_from_dict(obj: Mapping[str, Any]) -> Service:
             if ip != "None":
                 _ip(ip, f"spec.clusterIPs[{i}]")
         if "None" in ips and ips != ["None"]:
-            raise FieldError("spec.clusterIPs", f"'None' must be the only entry, got {ips!r}")
+            raise FieldError("spec.clusterIPs", f"'None' must be the only entry, got {short(ips)}")
         if cluster_ip and ips and cluster_ip != ips[0]:
-            raise FieldError("spec.clusterIP", f"{cluster_ip!r} must equal spec.clusterIPs[0] {ips[0]!r}")
+            raise FieldError("spec.clusterIP", f"{short(cluster_ip)} must equal spec.clusterIPs[0] {short(ips[0])}")
         if len(ips) > 2:
             raise FieldError("spec.clusterIPs", "at most two entries (one per family)")
         cluster_ips = tuple(ips)
@@ -279,11 +313,16 @@ def endpointslice_from_dict(obj: Mapping[str, Any]) -> EndpointSlice:
         raise FieldError(f"metadata.labels[{SERVICE_NAME_LABEL}]", "is required: it links the slice to its Service")
     address_type = _get(obj, "addressType", "", str, "")
     if address_type not in ("IPv4", "IPv6", "FQDN"):
-        raise FieldError("addressType", f"must be IPv4, IPv6 or FQDN, got {address_type!r}")
+        raise FieldError("addressType", f"must be IPv4, IPv6 or FQDN, got {short(address_type)}")
     ports = _ports(obj.get("ports"), "ports", service=False)
     endpoints = []
     items = _get(obj, "endpoints", "", list, [])
+    v4 = address_type == "IPv4"
     for i, ep in enumerate(items):
+        fast = _endpoint_v4(ep) if v4 and type(ep) is dict else None
+        if fast is not None:
+            endpoints.append(fast)
+            continue
         here = f"endpoints[{i}]"
         if not isinstance(ep, Mapping):
             raise FieldError(here, "must be a mapping")
@@ -296,19 +335,55 @@ def endpointslice_from_dict(obj: Mapping[str, Any]) -> EndpointSlice:
             canon = tuple(_ip(a, f"{here}.addresses[{j}]") for j, a in enumerate(addrs))
             want = 4 if address_type == "IPv4" else 6
             for j, a in enumerate(canon):
-                if ipaddress.ip_address(a).version != want:
+                if (6 if ":" in a else 4) != want:         # canonical text: IPv6 has a colon
                     raise FieldError(f"{here}.addresses[{j}]", f"{a} is not an {address_type} address")
         conditions = _get(ep, "conditions", here + ".", dict, {})
         ready = _get(conditions, "ready", here + ".conditions.", bool, True)
         hostname = _get(ep, "hostname", here + ".", str, "")
         if hostname and (not _DNS1123_LABEL.match(hostname) or len(hostname) > 63):
-            raise FieldError(here + ".hostname", f"must be a DNS-1123 label, got {hostname!r}")
+            raise FieldError(here + ".hostname", f"must be a DNS-1123 label, got {short(hostname)}")
         ref = _get(ep, "targetRef", here + ".", dict, {})
         pod_name = ref.get("name") or ""
         if not isinstance(pod_name, str) or len(pod_name) >= 64 or not _DNS1123_LABEL.match(pod_name or "a"):
             pod_name = ""   # CoreDNS keeps targetRef.name only when it is a usable label (< 64)
         endpoints.append(Endpoint(canon, ready, hostname, pod_name))
     return EndpointSlice(ns, name, service_name, address_type, ports, tuple(endpoints))
+
+
+def _endpoint_v4(ep: dict) -> Endpoint | None:
+    """The loop body below for the usual IPv4 endpoint, without building a field path per
+    field (100,000 endpoints: a third of a cold start). None when anything is unusual: the
+    exact path then words the problem, or accepts what this one did not bother with."""
+    addrs = ep.get("addresses")
+    if type(addrs) is not list or not addrs:
+        return None
+    for a in addrs:
+        if type(a) is not str or not _IPV4.fullmatch(a):
+            return None
+    conditions = ep.get("conditions")
+    ready = True
+    if conditions is not None:
+        if type(conditions) is not dict:
+            return None
+        ready = conditions.get("ready")
+        if ready is None:
+            ready = True
+        elif type(ready) is not bool:
+            return None
+    hostname = ep.get("hostname")
+    if hostname is None:
+        hostname = ""
+    elif type(hostname) is not str or (hostname and (len(hostname) > 63 or not _DNS1123_LABEL.match(hostname))):
+        return None
+    ref = ep.get("targetRef")
+    pod_name = ""
+    if ref is not None:
+        if type(ref) is not dict:
+            return None
+        pod_name = ref.get("name") or ""
+        if not isinstance(pod_name, str) or len(pod_name) >= 64 or not _DNS1123_LABEL.match(pod_name or "a"):
+            pod_name = ""
+    return Endpoint(tuple(addrs), ready, hostname, pod_name)
 
 
 def endpoints_from_dict(obj: Mapping[str, Any]) -> list[EndpointSlice]:
@@ -349,7 +424,7 @@ def namespace_from_dict(obj: Mapping[str, Any]) -> Namespace:
     meta = _mapping(obj, "metadata", "")
     name = _name(meta)
     if not _DNS1123_LABEL.match(name) or len(name) > 63:
-        raise FieldError("metadata.name", f"must be a DNS-1123 label, got {name!r}")
+        raise FieldError("metadata.name", f"must be a DNS-1123 label, got {short(name)}")
     return Namespace(name)
 
 
@@ -384,7 +459,7 @@ def pod_from_dict(obj: Mapping[str, Any], *, with_env: bool = False) -> Pod:
                 if value is None:
                     value = ""
                 if not isinstance(value, str):
-                    raise FieldError(where + ".value", f"must be a string, got {value!r}")
+                    raise FieldError(where + ".value", f"must be a string, got {short(value)}")
                 env.append(EnvVar(e["name"], value))
         containers.append(Container(cname, tuple(env)))
     return Pod(ns, name, ip, active,

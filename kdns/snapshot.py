@@ -245,8 +245,7 @@ class Store:
                 self._slices_by_service.setdefault((sl.namespace, sl.service_name), {})[sl.name] = sl
             self._records, self._ptr_owners = {}, {}
             self._changed_records, self._changed_ptr = {}, {}
-            for key in self.cluster.services:
-                self._recompile(key)
+            self._compile_all()
             # Everything changed: the changes are the new base (the writer keeps no other copy).
             self._pub_records = LayeredMap(dict(self._records))
             self._pub_ptr = LayeredMap({ip: t for ip, t in self._changed_ptr.items() if t is not None})
@@ -311,6 +310,49 @@ class Store:
             self._pods = None
         else:
             raise TypeError(f"unknown object {obj!r}")
+
+    def _compile_all(self) -> None:
+        """``_recompile`` of every Service, in bulk: the PTR owners and targets in one pass
+        over the records instead of one pass over a Service's PTRs per address of it
+        (1.3M steps at 100,000 endpoints: most of a 10,000-Service cold compile)."""
+        records, config = self._records, self.config
+        by_service = self._slices_by_service
+        for key, svc in self.cluster.services.items():
+            if not self._served(svc.namespace):
+                continue                    # --namespaces: as if it did not exist
+            slices = by_service.get(key)
+            records[key] = compile_service(svc, sorted(slices.values(), key=_slice_name) if slices else [],
+                                           config)
+        owners: dict = {}
+        first_cluster: dict[str, str] = {}           # ip -> the first Service's cluster-IP PTR
+        endpoint: dict = {}                          # ip -> target, or dict of targets in order
+        for key in sorted(records):                  # owners in sorted order, as _recompile keeps them
+            rec = records[key]
+            cluster_ptrs = rec.cluster_ptrs
+            for n, (ip, target) in enumerate(zip(rec.ptr_ips, rec.ptr_targets)):
+                had = owners.get(ip)
+                if had is None:
+                    owners[ip] = key
+                elif had is not key:
+                    if isinstance(had[0], str):
+                        owners[ip] = (had, key)
+                    elif had[-1] is not key:
+                        owners[ip] = had + (key,)
+                if n < cluster_ptrs:
+                    first_cluster.setdefault(ip, target)
+                    continue
+                seen = endpoint.get(ip)
+                if seen is None:
+                    endpoint[ip] = target
+                elif type(seen) is str:
+                    if seen != target:
+                        endpoint[ip] = {seen: None, target: None}
+                else:
+                    seen[target] = None
+        self._ptr_owners = owners
+        ptr = {ip: t if type(t) is str else tuple(t) for ip, t in endpoint.items()}
+        ptr.update(first_cluster)                    # §3.6: a cluster IP's PTR wins
+        self._changed_ptr = ptr
 
     def _recompile(self, key: tuple[str, str]) -> None:
         old = self._records.pop(key, None)
@@ -449,6 +491,10 @@ def _hosts_changes(old, new) -> set[str]:
         b = getattr(new, attr, None) or {}
         out.update(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     return out
+
+
+def _slice_name(sl: EndpointSlice) -> str:
+    return sl.name
 
 
 def _ptr_map(rec: ServiceRecords | None) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:

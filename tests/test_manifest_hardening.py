@@ -86,7 +86,7 @@ def test_deep_json_at_start_is_exit_2_with_one_line(shop):
     (shop / "deep.json").write_text(DEEP)
     r = run_serve("--manifests", str(shop))
     assert r.returncode == 2
-    assert f"kdns: {shop / 'deep.json'}: does not parse: nested too deeply" in r.stderr
+    assert f"kdns: {shop / 'deep.json'}: does not parse: nested too deep" in r.stderr
     assert "Traceback" not in r.stderr
 
 

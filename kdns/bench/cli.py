@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from kdns.bench import (check, cluster as gen, cpu, dnsperf, forwarding, fuzz, live, report, servers,
-                        slowloris, watch, workloads)
+from kdns.bench import (apichurn, check, cluster as gen, cpu, dnsperf, forwarding, fuzz, live,
+                        report, servers, slowloris, startup, watch, workloads)
 from kdns.bench.servers import Running, Unavailable
 
 SERVERS = ("kdns", "kdns-nocache", "dnsmasq-a", "dnsmasq-srv", "unbound", "knot", "ceiling")
@@ -91,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repeat every run this many times and report the median (default 1)")
     p.add_argument("--together", action="store_true",
                    help="start all servers first, then take turns run by run (fairer on a busy machine)")
+    p.add_argument("--startup-sizes", default="1000,10000",
+                   help="service counts for the start->ready/RSS report of every source (API, one "
+                        "YAML file, one JSON List; issue 11's cluster); '' skips")
+    p.add_argument("--api-churn-rate", type=float, default=1000.0,
+                   help="events/s of the API churn report, event->answer/lag/RSS (default 1000)")
+    p.add_argument("--api-churn-seconds", type=float, default=30.0,
+                   help="seconds of the API churn report (default 30; 0 skips)")
+    p.add_argument("--api-churn-services", type=int, default=10000,
+                   help="services in the API churn report's cluster (default 10000)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", type=Path, metavar="FILE", help="also write every figure as JSON here")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, manifests, logs)")
@@ -278,6 +287,20 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
     if loris is not None:
         print("\nkdns slowloris (TCP):")
         print(slowloris.lines(loris) if "error" not in loris else f"  {loris['error']}")
+    startup_rows, churn_out = [], None
+    if args.startup_sizes.strip() and "kdns" in names:
+        startup_rows = startup.run([int(x) for x in args.startup_sizes.split(",") if x.strip()], tmp,
+                                   rounds=args.rounds, say=_say)
+        print(f"\nkdns start -> ready and RSS by source (issue 11's cluster, {args.rounds} round(s)):")
+        print(startup.table(startup_rows))
+    if args.api_churn_seconds > 0 and "kdns" in names:
+        try:
+            churn_out = apichurn.measure(args.api_churn_services, tmp, rate=args.api_churn_rate,
+                                         seconds=args.api_churn_seconds)
+        except (Unavailable, OSError) as exc:
+            churn_out = {"error": str(exc)}
+        print("\nkdns API churn:")
+        print(apichurn.lines(churn_out))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
                                          "cluster": {"services": len(model.services),
@@ -287,7 +310,8 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
                                          "results": rows, "ratios": ratio_items, "memory": memory,
                                          "watch": api_source, "churn": churn,
                                          "forwarding": forward_rows, "fuzz": fuzzed,
-                                         "slowloris": loris}, indent=2))
+                                         "slowloris": loris, "startup": startup_rows,
+                                         "api_churn": churn_out}, indent=2))
     return 0
 
 

@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterable, Iterator
 import yaml
 
 from kdns import objects, selector
-from kdns.objects import Cluster, FieldError
-from kdns.sources import controllers, workloads
+from kdns.objects import Cluster, FieldError, short, short_str
+from kdns.sources import controllers, decode, workloads
 from kdns.sources.files import SUFFIXES, Unreadable, files_of, stamp as _stamp  # noqa: F401
 
 log = logging.getLogger("kdns.manifests")
@@ -56,8 +56,17 @@ def default_paths() -> list[Path]:
 
 
 def _documents(path: Path) -> Iterator[tuple[int, Any]]:
-    text = path.read_text(encoding="utf-8")
+    """The generic (exact) reader: every document as builtins. ``decode`` is the fast one."""
+    data = path.read_bytes()
+    text = data.decode("utf-8")
     if path.suffix == ".json":
+        try:
+            yield 0, decode.generic(data)          # one value, by far the common case
+            return
+        except decode.TooDeep:
+            raise
+        except ValueError:
+            pass                                   # several concatenated values, or bad JSON
         decoder = json.JSONDecoder()
         pos, index = 0, 0
         while True:                       # a .json file may hold several concatenated objects
@@ -69,17 +78,67 @@ def _documents(path: Path) -> Iterator[tuple[int, Any]]:
             yield index, doc
             index += 1
     else:
-        for index, doc in enumerate(yaml.load_all(text, Loader=_YAML_LOADER)):
-            yield index, doc
+        if decode.depth_over(data):
+            raise decode.TooDeep("nested too deep")
+        yield from _yaml_documents(text)
+
+
+# Nodes one YAML document may gain through aliases. Aliases share one parsed node, but
+# everything after the parser (type checks, comparisons, error messages) sees the expanded
+# tree: a "billion laughs" bomb in metadata.name grew kdns to 2 GB (kube-apiserver's
+# CVE-2019-11253). Real manifests use aliases for a few shared blocks.
+MAX_ALIAS_NODES = 100_000
+
+
+class AliasBomb(ValueError):
+    pass
+
+
+def _yaml_documents(text: str) -> Iterator[tuple[int, Any]]:
+    loader = _YAML_LOADER(text)
+    try:
+        index = 0
+        while loader.check_node():
+            node = loader.get_node()
+            if "*" in text:
+                _check_aliases(node, index)
+            yield index, loader.construct_document(node)
+            index += 1
+    finally:
+        loader.dispose()
+
+
+def _check_aliases(root: Any, index: int) -> None:
+    """AliasBomb if aliases expand document ``index`` by more than MAX_ALIAS_NODES nodes.
+    Sizes are memoised per node, so this is linear in the nodes parsed, not the expansion."""
+    sizes: dict[int, int] = {}
+
+    def size(node: Any) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                total += size(k) + size(v)
+        elif isinstance(node, yaml.SequenceNode):
+            for v in node.value:
+                total += size(v)
+        sizes[id(node)] = total
+        return total
+
+    if size(root) - len(sizes) > MAX_ALIAS_NODES:
+        raise AliasBomb(f"document {index}: YAML aliases expand it by more than {MAX_ALIAS_NODES} "
+                        "nodes (an alias bomb?)")
 
 
 def _describe(doc: Any) -> str:
     if not isinstance(doc, dict):
         return "document"
-    kind = doc.get("kind") or "?"
+    kind = short_str(doc.get("kind") or "?")
     meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
-    name = meta.get("name") or "?"
-    ns = meta.get("namespace")
+    name = short_str(meta.get("name") or "?")
+    ns = short_str(meta.get("namespace")) if meta.get("namespace") else None
     if kind == "Namespace":
         return f"{kind}/{name}"
     return f"{kind}/{ns or 'default'}/{name}"
@@ -112,8 +171,10 @@ def _file_documents(path: Path, problems: list[str]) -> Iterator[tuple[Any, Any]
                 yield _Where(path, index, None), doc
     except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         problems.append(f"{path}: does not parse: {_short(' '.join(str(exc).split()))}")
+    except (AliasBomb, decode.TooDeep) as exc:
+        problems.append(f"{path}: does not parse: {exc}")
     except RecursionError:
-        problems.append(f"{path}: does not parse: nested too deeply")
+        problems.append(f"{path}: does not parse: nested too deep")
     except MemoryError:
         problems.append(f"{path}: does not parse: too big to hold in memory")
     except OSError as exc:
@@ -321,7 +382,7 @@ def _parse_file(path: Path, labels: str | None = None) -> tuple[list, list[str],
     try:
         return list(_file_objects(path, problems, skipped, labels)), problems, skipped
     except RecursionError:               # whichever decoder or walk met it: a problem, not a crash
-        return [], problems + [f"{path}: does not parse: nested too deeply"], skipped
+        return [], problems + [f"{path}: does not parse: nested too deep"], skipped
     except ValueError as exc:            # a decoder's own error type, not one listed above
         return [], problems + [f"{path}: does not parse: {_short(' '.join(str(exc).split()))}"], skipped
 
@@ -391,7 +452,7 @@ def _file_objects(path: Path, problems: list[str], skipped: dict[str, int],
                   labels: str | None = None) -> Iterator[tuple[Any, Any]]:
     """(where, object) for every object kdns serves in one file; problems named as load's."""
     selected = selector.parse(labels) if labels else None
-    for where, doc in _file_documents(path, problems):
+    for where, doc in _fast_documents(path, problems):
         if not isinstance(doc, dict):
             problems.append(f"{where}: {_describe(doc)}: must be a mapping with apiVersion and kind")
             continue
@@ -407,7 +468,7 @@ def _file_objects(path: Path, problems: list[str], skipped: dict[str, int],
             continue                         # --labels: as the API's labelSelector would
         if kind == "EndpointSlice" and doc.get("apiVersion") not in (None, "discovery.k8s.io/v1"):
             problems.append(f"{where}: {_describe(doc)}: field apiVersion: EndpointSlice must be "
-                            f"discovery.k8s.io/v1, got {doc.get('apiVersion')!r}")
+                            f"discovery.k8s.io/v1, got {short(doc.get('apiVersion'))}")
             continue
         try:
             obj = parse(doc)
@@ -416,6 +477,35 @@ def _file_objects(path: Path, problems: list[str], skipped: dict[str, int],
             continue
         for item in obj if isinstance(obj, list) else [obj]:
             yield where, item
+
+
+def _fast_documents(path: Path, problems: list[str]) -> Iterator[tuple[Any, Any]]:
+    """``_file_documents`` with only the fields kdns reads, decoded in C (kdns.sources.decode);
+    a file the fast decoders cannot vouch for is read by the generic ones, which word its
+    errors. Unsure is only ever raised before the first document is yielded."""
+    try:
+        data = path.read_bytes()
+        data.decode("utf-8")                        # the generic reader words a bad byte
+        if path.suffix == ".json":
+            docs: Any = [(0, decode.json_document(data))]
+        else:
+            docs = list(decode.yaml_documents(data))
+        # Pods and workloads are read whole (their pod templates are compared as JSON):
+        # the Structs carry only what the other kinds need.
+        if any(d is not None and decode.kinds(d) & _WHOLE for _, d in docs):
+            raise decode.Unsure("Pods or workloads")
+    except (OSError, UnicodeDecodeError, decode.Unsure):
+        yield from _file_documents(path, problems)
+        return
+    del data
+    for index, doc in docs:
+        if doc is None:
+            continue
+        for j, obj in decode.items(doc):
+            yield _Where(path, index, j), obj
+
+
+_WHOLE = frozenset(("Pod", *workloads.WORKLOAD_KINDS))
 
 
 def _describe_object(obj) -> str:
