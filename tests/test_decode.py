@@ -35,6 +35,13 @@ def cluster_docs() -> list[dict]:
     """Issue 11's shape (targetRefs, nodeNames, zones, API metadata) plus the benchmark's mix
     (headless, StatefulSet hostnames, several ports, several slices per Service)."""
     docs = list(startup.documents(200))
+    # Both generators number Services from 10.96.0.1; two Services may not share a clusterIP
+    # (the API server refuses it, and so do manifests), so this half moves to 10.100/16.
+    for doc in docs:
+        spec = doc.get("spec", {})
+        if doc.get("kind") == "Service" and spec.get("clusterIP", "None") != "None":
+            spec["clusterIP"] = spec["clusterIP"].replace("10.96.", "10.100.", 1)
+            spec["clusterIPs"] = [spec["clusterIP"]]
     mix = gen.generate(100, 1200, namespaces=4, seed=7)
     docs += list(gen.documents(mix))
     # The fake API (like a kubeadm cluster) has this one from the start.
