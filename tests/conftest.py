@@ -29,6 +29,23 @@ def wait_for(predicate, timeout: float = 15.0) -> bool:
     return False
 
 
+def answers(server: "Kdns", name: str, rdtype: str = "A") -> tuple[str, list[str]]:
+    """(rcode, sorted answer rdata) of one query: what the live-cluster tests compare."""
+    import dns.rcode
+    resp = server.query(name, rdtype)
+    return dns.rcode.to_text(resp.rcode()), sorted(rd.to_text() for rrset in resp.answer for rd in rrset)
+
+
+def eventually(server: "Kdns", name: str, want, rdtype: str = "A", timeout: float = 20.0) -> None:
+    """Poll until ``name`` answers ``want`` (bounded; a change reaching kdns, never a timing)."""
+    deadline = time.monotonic() + timeout
+    got = answers(server, name, rdtype)
+    while got != want and time.monotonic() < deadline:
+        time.sleep(0.05)
+        got = answers(server, name, rdtype)
+    assert got == want, f"{name} {rdtype}: got {got}, want {want}\n{server.log()}"
+
+
 class Kdns:
     """A `kdns serve` subprocess; ``port`` is the UDP/TCP port it bound on ``listen``'s host.
 

@@ -5,30 +5,17 @@ NS naming every Service whose endpoints hold --pod-ip (CoreDNS ns.go nsAddrs, Te
 from __future__ import annotations
 
 import json
-import time
 
 import dns.rcode
 import pytest
 
-from conftest import Kdns
+from conftest import Kdns, answers, eventually
 from dnsstub import Stub
 from fakeapi import endpointslice, service
 
 WAIT = 20.0
 
 
-def answers(server: Kdns, name: str, rdtype: str = "A") -> tuple[str, list[str]]:
-    resp = server.query(name, rdtype)
-    return dns.rcode.to_text(resp.rcode()), sorted(rd.to_text() for rrset in resp.answer for rd in rrset)
-
-
-def eventually(server: Kdns, name: str, want, rdtype: str = "A") -> None:
-    deadline = time.monotonic() + WAIT
-    got = answers(server, name, rdtype)
-    while got != want and time.monotonic() < deadline:
-        time.sleep(0.05)
-        got = answers(server, name, rdtype)
-    assert got == want, f"{name} {rdtype}: got {got}, want {want}\n{server.log()}"
 
 
 def labelled(obj: dict, **labels: str) -> dict:

@@ -12,28 +12,14 @@ import subprocess
 import sys
 import time
 
-import dns.rcode
 import pytest
 
-from conftest import ROOT, Kdns
+from conftest import ROOT, Kdns, answers, eventually
 from fakeapi import FakeAPI, endpointslice, pod, service
 
 WAIT = 20.0
 
 
-def answers(server: Kdns, name: str, rdtype: str = "A") -> tuple[str, list[str]]:
-    resp = server.query(name, rdtype)
-    rrs = sorted(rd.to_text() for rrset in resp.answer for rd in rrset)
-    return dns.rcode.to_text(resp.rcode()), rrs
-
-
-def eventually(server: Kdns, name: str, want: tuple[str, list[str]], rdtype: str = "A") -> None:
-    deadline = time.monotonic() + WAIT
-    got = answers(server, name, rdtype)
-    while got != want and time.monotonic() < deadline:
-        time.sleep(0.05)
-        got = answers(server, name, rdtype)
-    assert got == want, f"{name} {rdtype}: got {got}, want {want}\n{server.log()}"
 
 
 WEB = "web.prod.svc.cluster.local."
