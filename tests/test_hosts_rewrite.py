@@ -4,19 +4,33 @@ answer's owner names given back the question's (CoreDNS `answer auto`)."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import dns.flags
 import dns.rcode
 import pytest
 
-from conftest import DATA, Kdns, answers, eventually
+from conftest import DATA, Kdns
 from dnsstub import Stub
 
 WAIT = 20.0
 CLUSTER = str(DATA / "cluster.yaml")
 
 
+def answers(server: Kdns, name: str, rdtype: str = "A") -> tuple[str, list[str]]:
+    resp = server.query(name, rdtype)
+    return dns.rcode.to_text(resp.rcode()), sorted(
+        f"{rrset.name} {rrset.ttl} {rd.to_text()}" for rrset in resp.answer for rd in rrset)
+
+
+def eventually(server: Kdns, name: str, want, rdtype: str = "A") -> None:
+    deadline = time.monotonic() + WAIT
+    got = answers(server, name, rdtype)
+    while got != want and time.monotonic() < deadline:
+        time.sleep(0.05)
+        got = answers(server, name, rdtype)
+    assert got == want, f"{name} {rdtype}: got {got}, want {want}\n{server.log()}"
 
 
 @pytest.fixture
