@@ -114,6 +114,9 @@ class _UdpSocket:
         family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
         self.reactor = reactor
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        # Room for a burst of replies to thousands of queries in flight: the default buffer
+        # (~200 KB) drops them while the reactor thread waits for the GIL.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.sock.setblocking(False)
         self.sock.connect(addr)
         self.pending: dict[int, Exchange] = {}
