@@ -29,7 +29,7 @@ from pathlib import Path
 import dns.message
 import dns.rcode
 
-from kdns.bench import servers, startup
+from kdns.bench import servers, startup, watch
 from kdns.bench.servers import Running, Unavailable, free_port
 
 _FAKE = """
@@ -168,16 +168,8 @@ def measure(services: int, tmp: Path, *, rate: float = 1000.0, seconds: float = 
 def _until_answered(sock: socket.socket, qname: str, deadline: float) -> float | None:
     query = dns.message.make_query(qname, "A")
     while time.monotonic() < deadline:
-        query.id = (query.id + 1) & 0xFFFF
-        sock.send(query.to_wire())
-        try:
-            while True:
-                r = dns.message.from_wire(sock.recv(65535))
-                if r.id == query.id:
-                    break
-        except (OSError, dns.exception.DNSException):
-            continue
-        if r.rcode() == dns.rcode.NOERROR and r.answer:
+        r = watch.ask(sock, query)
+        if r is not None and r.rcode() == dns.rcode.NOERROR and r.answer:
             return time.monotonic()
         time.sleep(0.0005)
     return None

@@ -110,20 +110,26 @@ def _until_answered(sock: socket.socket, qname: str, change, timeout: float) -> 
     started = time.perf_counter()
     want = change()
     deadline = started + timeout
+    sock.settimeout(0.5)
     while time.perf_counter() < deadline:
-        query.id = (query.id + 1) & 0xFFFF
-        sock.send(query.to_wire())
-        sock.settimeout(0.5)
-        try:
-            while True:
-                r = dns.message.from_wire(sock.recv(65535))
-                if r.id == query.id:
-                    break
-        except (OSError, dns.exception.DNSException):
-            continue
-        if any(want == rd.to_text() for rrset in r.answer for rd in rrset):
+        r = ask(sock, query)
+        if r is not None and any(want == rd.to_text() for rrset in r.answer for rd in rrset):
             return time.perf_counter() - started
     return None
+
+
+def ask(sock: socket.socket, query: dns.message.Message) -> dns.message.Message | None:
+    """``query`` under a fresh ID on a connected UDP socket: the reply with that ID, or None
+    when none comes within the socket's timeout (replies to earlier tries are skipped)."""
+    query.id = (query.id + 1) & 0xFFFF
+    sock.send(query.to_wire())
+    try:
+        while True:
+            r = dns.message.from_wire(sock.recv(65535))
+            if r.id == query.id:
+                return r
+    except (OSError, dns.exception.DNSException):
+        return None
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
