@@ -68,8 +68,7 @@ class PacketCache:
             if key in self.entries:
                 self._drop(key)              # another thread answered the same miss
             if len(self.entries) >= self.size:
-                for old in list(itertools.islice(self.entries, max(1, len(self.entries) // 4))):
-                    self._drop(old)
+                evict_oldest(self.entries, self._drop)
             deps = tuple(deps)          # a dep named twice is dropped twice: harmless
             self.entries[key] = [tail, cell, deps,
                                  None if rotation is None else [0, *rotation]]
@@ -110,8 +109,12 @@ def rotated(entry: list) -> bytes:
     return tail[:start] + tail[cut:end] + tail[start:cut] + tail[end:]
 
 
-def evict_oldest(cache: dict) -> None:
+def evict_oldest(cache: dict, drop=None) -> None:
     """Drop the oldest quarter of a full dict cache (dicts keep insertion order): FIFO in
-    batches, O(1) amortised per insert, and no cliff where every hot name misses at once."""
+    batches, O(1) amortised per insert, and no cliff where every hot name misses at once.
+    ``drop(key)`` removes one entry (default: pop it; PacketCache also unindexes it)."""
     for key in list(itertools.islice(cache, max(1, len(cache) // 4))):
-        cache.pop(key, None)        # another UDP thread may have dropped it already
+        if drop is None:
+            cache.pop(key, None)    # another UDP thread may have dropped it already
+        else:
+            drop(key)
