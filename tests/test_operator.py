@@ -118,7 +118,7 @@ def test_json_log_format_and_level_after_the_subcommand():
 # ---------------------------------------------------------------- newcomer friction
 
 def test_unbracketed_ipv6_with_a_port_gets_a_hint():
-    out = run_kdns("serve", "--listen", "::1:5353")
+    out = run_kdns("serve", "--listen", "::1:5353", "--resolv-conf", "")
     assert out.returncode == 2
     assert "'::1:5353': an IPv6 address with a port needs brackets: write [::1]:5353 for port 5353" in out.stderr
     assert "Traceback" not in out.stderr
@@ -299,7 +299,7 @@ def test_tcp_connections_caps_open_connections():
         assert wait_for(served)                                         # the slot comes back
     finally:
         server.stop()
-    bad = run_kdns("serve", "--tcp-connections", "0")
+    bad = run_kdns("serve", "--tcp-connections", "0", "--resolv-conf", "")
     assert bad.returncode == 2 and "--tcp-connections 0: must be 1-65535" in bad.stderr
 
 
