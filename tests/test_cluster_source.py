@@ -18,7 +18,7 @@ import pytest
 from fakeapi import FakeAPI, endpointslice, namespace, pod, service
 from kdns import objects
 from kdns.objects import Cluster, Endpoint, EndpointSlice, Namespace, Pod, Service, ServicePort
-from kdns.sources import cluster
+from kdns.sources import cluster, kubeauth
 from kdns.sources.cluster import ClusterError, ClusterSource, Store, Timeouts
 
 FAST = Timeouts(connect=2.0, read=1.0, list_read=5.0, watch=30.0, relist_after=300.0,
@@ -550,7 +550,7 @@ def test_in_cluster_service_account_over_tls(tmp_path, monkeypatch):
         sa.mkdir()
         (sa / "token").write_text("sa-token")
         (sa / "ca.crt").write_text(open(api.ca_file).read())
-        monkeypatch.setattr(cluster, "SERVICE_ACCOUNT_DIR", str(sa))
+        monkeypatch.setattr(kubeauth, "SERVICE_ACCOUNT_DIR", str(sa))   # where the loader reads it
         monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
         monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(api.port))
         got = cluster.list_cluster(in_cluster=True)
