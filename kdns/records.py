@@ -80,6 +80,35 @@ def _endpoint_name(ep, ip: str, pod_names: bool) -> str:
     return names.dashed(ip)
 
 
+# Node(...) runs NamedTuple's generated __new__ in Python; tuple.__new__ builds the same tuple
+# in C (a Node per endpoint: 100,000 of them in a cold start).
+def _node(addrs: tuple, srv: SRVSet | None, cname: str, ports: tuple) -> Node:
+    return _tuple_new(Node, (addrs, srv, cname, ports))
+
+
+_tuple_new = tuple.__new__
+_GONE = object()
+
+# Ports tuples interned across Services: alike endpoints (nearly all of a cluster's 100,000)
+# then share one tuple instead of one per Service. Bounded: past the cap they are not kept.
+_PORTS: dict[tuple[int, ...], tuple[int, ...]] = {}
+_PORTS_CAP = 4096
+
+
+def _shared_ports(numbers: tuple[int, ...]) -> tuple[int, ...]:
+    got = _PORTS.get(numbers)
+    if got is None:
+        got = numbers
+        if len(_PORTS) < _PORTS_CAP:
+            _PORTS[numbers] = numbers
+    return got
+
+
+def _slice_ports(sl: EndpointSlice) -> tuple[int, ...]:
+    """The slice's port numbers, once each, in order (port -1 is the "no ports" sentinel)."""
+    return _shared_ports(tuple(dict.fromkeys(p.port for p in sl.ports or () if p.port > 0)))
+
+
 def compile_service(svc: Service, slices: list[EndpointSlice], config: Config) -> ServiceRecords:
     base = f"{svc.name}.{svc.namespace}.svc"
     if svc.external:
@@ -90,57 +119,70 @@ def compile_service(svc: Service, slices: list[EndpointSlice], config: Config) -
             return ServiceRecords(Node(cname=svc.external_name))
 
     # Published endpoints: ready (or unknown) addresses of every IP slice, in slice order.
+    # One pass over them (this loop runs for each of a cold start's 100,000 endpoints): an
+    # endpoint name met for the first time (nearly all of them) gets its Node, target and PTR
+    # at once; a name met again (a hostname shared by endpoints, one endpoint's two addresses)
+    # is merged afterwards, in the order the addresses came.
     if config.noendpoints:
         slices = []                                  # CoreDNS noendpoints: no endpoint records
-    published: list[tuple[str, str, EndpointSlice]] = []          # (endpoint name, ip, slice)
-    seen: set[tuple[str, str]] = set()
-    one_address: dict[str, tuple[str]] = {}             # endpoint name -> its Endpoint's 1-tuple
+    headless = svc.headless
+    any_ready = svc.publish_not_ready and config.publish_not_ready
+    pod_names = config.endpoint_pod_names
+    dashed = names.dashed
+    published: list[tuple[str, str, EndpointSlice]] | None = [] if headless else None
+    count = 0
+    targets: dict[str, str] = {}                  # endpoint name -> its name relative to the zone
+    endpoints: dict[str, Node] = {}
+    merged: dict[str, tuple[dict, dict]] | None = None      # name -> (its ips, its ports)
+    ptr_ips: list[str] = []
+    ptr_targets: list[str] = []
     for sl in slices:
         if sl.address_type == "FQDN":
             continue                                     # deprecated; CoreDNS ignores them
+        numbers = _slice_ports(sl)
+        v4 = sl.address_type == "IPv4"             # dashed() is a replace for an IPv4 address
         for ep in sl.endpoints:
-            if not (ep.ready or (svc.publish_not_ready and config.publish_not_ready)):
+            if not (ep.ready or any_ready):
                 continue
-            for ip in ep.addresses:
-                name = _endpoint_name(ep, ip, config.endpoint_pod_names)
-                published.append((name, ip, sl))
-                if len(ep.addresses) == 1:
-                    one_address.setdefault(name, ep.addresses)
+            addrs = ep.addresses
+            for ip in addrs:
+                name = ep.hostname or (pod_names and ep.pod_name) or (
+                    ip.replace(".", "-") if v4 else dashed(ip))
+                count += 1
+                if published is not None:
+                    published.append((name, ip, sl))
+                target = targets.get(name)
+                if target is None:
+                    targets[name] = target = f"{name}.{base}"
+                    # One address from one Endpoint (the common case): share its own tuple.
+                    endpoints[name] = _tuple_new(Node, (addrs if len(addrs) == 1 else (ip,), None, "",
+                                                        numbers))
+                    ptr_ips.append(ip)
+                    ptr_targets.append(target)
+                    continue
+                if merged is None:
+                    merged = {}
+                both = merged.get(name)
+                if both is None:
+                    node = endpoints[name]
+                    both = merged[name] = (dict.fromkeys(node.addrs), dict.fromkeys(node.ports))
+                if ip not in both[0]:
+                    both[0][ip] = None
+                    ptr_ips.append(ip)
+                    ptr_targets.append(target)
+                both[1].update(dict.fromkeys(numbers))
+    for name, (ips, numbers) in (merged or {}).items():
+        endpoints[name] = _node(tuple(ips), None, "", _shared_ports(tuple(numbers)))
 
-    if config.ignore_empty_service and not published and not svc.headless:
+    if config.ignore_empty_service and not count and not headless:
         # CoreDNS ignore empty_service: NXDOMAIN for the name; its cluster IPs still have PTRs.
         addrs = svc.addresses
         return ServiceRecords(None, ptr_ips=addrs, ptr_targets=(base,) * len(addrs),
                               cluster_ptrs=len(addrs))
 
-    ep_addrs: dict[str, dict[str, None]] = defaultdict(dict)
-    ep_ports: dict[str, dict[int, None]] = defaultdict(dict)
-    targets: dict[str, str] = {}                  # endpoint name -> its name relative to the zone
-    for epname, ip, sl in published:
-        ep_addrs[epname][ip] = None
-        if epname not in targets:
-            targets[epname] = f"{epname}.{base}"
-        for port in sl.ports or ():
-            if port.port > 0:
-                ep_ports[epname][port.port] = None
-    shared: dict[tuple[int, ...], tuple[int, ...]] = {}   # one ports tuple for all alike endpoints
-    endpoints = {}
-    for n, a in ep_addrs.items():
-        numbers = tuple(ep_ports[n])
-        addrs = tuple(a)
-        # One address from one Endpoint (the common case): share that Endpoint's own tuple.
-        endpoints[n] = Node(one_address.get(n, addrs) if len(addrs) == 1 else addrs,
-                            ports=shared.setdefault(numbers, numbers))
-    ptr_ips, ptr_targets = [], []
-    for epname, ip, _ in published:
-        if (epname, ip) not in seen:
-            seen.add((epname, ip))
-            ptr_ips.append(ip)
-            ptr_targets.append(targets[epname])
-
     ports: dict[tuple[str, str], list[tuple[int, str, str]]] = defaultdict(list)
     bare: list[tuple[int, str, str]] = []
-    if svc.headless:
+    if headless:
         if not published:
             return ServiceRecords(None)                  # no ready address: NXDOMAIN (SPEC §2.4.1)
         addrs = tuple(dict.fromkeys(ip for _, ip, _ in published))
@@ -160,8 +202,19 @@ def compile_service(svc: Service, slices: list[EndpointSlice], config: Config) -
                 if port.name:
                     ports[(port.name, port.protocol.lower())].append(item)
         ptr_ips, ptr_targets = list(addrs) + ptr_ips, [base] * len(addrs) + ptr_targets
-    port_nodes = {k: Node(srv=s) for k, s in ((k, _srv_set(v)) for k, v in ports.items()) if s}
-    return ServiceRecords(Node(addrs, _srv_set(bare)), port_nodes, endpoints, tuple(ptr_ips),
+    # A one-port Service (most of them) has the same SRV set at the name and at its port's
+    # name: one SRVSet for both.
+    made: dict[tuple, SRVSet | None] = {}
+    srv = made.setdefault(tuple(bare), _srv_set(bare))
+    port_nodes = {}
+    for k, v in ports.items():
+        items = tuple(v)
+        got = made.get(items, _GONE)
+        if got is _GONE:
+            got = made[items] = _srv_set(v)
+        if got:
+            port_nodes[k] = _tuple_new(Node, ((), got, "", ()))
+    return ServiceRecords(Node(addrs, srv), port_nodes, endpoints, tuple(ptr_ips),
                           tuple(ptr_targets), 0 if svc.headless else len(addrs))
 
 

@@ -95,7 +95,7 @@ class Store:
             self._compile_all()
             # Everything changed: the changes are the new base (the writer keeps no other copy).
             self._pub_records = LayeredMap(dict(self._records))
-            self._pub_ptr = LayeredMap({ip: t for ip, t in self._changed_ptr.items() if t is not None})
+            self._pub_ptr = LayeredMap(self._changed_ptr)      # _compile_all's: no None in it
             self._changed_records, self._changed_ptr = {}, {}
             self._synced = synced
             self._pods = self._ns = None
@@ -173,10 +173,23 @@ class Store:
         owners: dict = {}
         first_cluster: dict[str, str] = {}           # ip -> the first Service's cluster-IP PTR
         endpoint: dict = {}                          # ip -> target, or dict of targets in order
+        several: list[str] = []                      # the ips of ``endpoint`` holding a dict
         for key in sorted(records):                  # owners in sorted order, as _recompile keeps them
             rec = records[key]
-            cluster_ptrs = rec.cluster_ptrs
-            for n, (ip, target) in enumerate(zip(rec.ptr_ips, rec.ptr_targets)):
+            ips, targets, cluster_ptrs = rec.ptr_ips, rec.ptr_targets, rec.cluster_ptrs
+            fresh = dict.fromkeys(ips, key)
+            if len(fresh) == len(ips) and owners.keys().isdisjoint(fresh):
+                # The common case: IPs no Service had yet, each once. Whole-tuple dict updates
+                # in C instead of a Python step per PTR (110,000 of them in a cold start).
+                owners.update(fresh)
+                if cluster_ptrs:
+                    for n in range(cluster_ptrs):
+                        first_cluster.setdefault(ips[n], targets[n])
+                    endpoint.update(zip(ips[cluster_ptrs:], targets[cluster_ptrs:]))
+                else:
+                    endpoint.update(zip(ips, targets))
+                continue
+            for n, (ip, target) in enumerate(zip(ips, targets)):
                 had = owners.get(ip)
                 if had is None:
                     owners[ip] = key
@@ -194,12 +207,14 @@ class Store:
                 elif type(seen) is str:
                     if seen != target:
                         endpoint[ip] = {seen: None, target: None}
+                        several.append(ip)
                 else:
                     seen[target] = None
         self._ptr_owners = owners
-        ptr = {ip: t if type(t) is str else tuple(t) for ip, t in endpoint.items()}
-        ptr.update(first_cluster)                    # §3.6: a cluster IP's PTR wins
-        self._changed_ptr = ptr
+        for ip in several:
+            endpoint[ip] = tuple(endpoint[ip])
+        endpoint.update(first_cluster)               # §3.6: a cluster IP's PTR wins
+        self._changed_ptr = endpoint
 
     def _recompile(self, key: tuple[str, str]) -> None:
         old = self._records.pop(key, None)
