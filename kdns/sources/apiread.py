@@ -110,7 +110,7 @@ def _list(api: ApiClient, kind: Kind, page_size: int, timeout: tuple[float, floa
             # generic way, which words its problems.
             page = decode.page(data)
             del data
-            items.update(parse_items(kind, [decode.to_dict(i) for i in page.items or ()]))
+            items.update(parse_items(kind, _page_items(page)))
             meta = decode.to_dict(page.metadata) if page.metadata is not None else {}
         except decode.Unsure:
             doc = decode.generic(data)
@@ -126,6 +126,16 @@ def _list(api: ApiClient, kind: Kind, page_size: int, timeout: tuple[float, floa
             if not rv or not isinstance(rv, str):
                 raise ValueError(f"list of {kind.resource} has no metadata.resourceVersion")
             return items, rv
+
+
+def _page_items(page: decode.Page) -> Iterator[dict]:
+    """A page's items one at a time (see decode.Document); one the Structs do not fit is
+    decoded whole, and parse_items words its problem as for a page decoded generically."""
+    for raw in page.items or ():
+        try:
+            yield decode.item(raw)
+        except decode.Unsure:
+            yield decode.generic(bytes(raw))
 
 
 # The API server refuses objects past ~1.5 MB; a watch "line" this long without a newline is

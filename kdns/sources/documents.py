@@ -173,13 +173,14 @@ def _fast_documents(path: Path, problems: list[str]) -> Iterator[tuple[Any, Any]
     try:
         data = path.read_bytes()
         data.decode("utf-8")                        # the generic reader words a bad byte
-        if path.suffix == ".json":
+        yaml_file = path.suffix != ".json"
+        if not yaml_file:
             docs: Any = [(0, decode.json_document(data))]
         else:
             docs = list(decode.yaml_documents(data))
         # Pods and workloads are read whole (their pod templates are compared as JSON):
         # the Structs carry only what the other kinds need.
-        if any(d is not None and decode.kinds(d) & _WHOLE for _, d in docs):
+        if any(d is not None and decode.check(d, yaml_file) & _WHOLE for _, d in docs):
             raise decode.Unsure("Pods or workloads")
     except (OSError, UnicodeDecodeError, decode.Unsure):
         yield from _file_documents(path, problems)
