@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from kubernetes.client.api_client import ApiClient
+from kdns.sources import kubeimport  # noqa: F401, I001 - first: see there
 from kubernetes.client.configuration import Configuration
 from kubernetes.client.exceptions import ApiException
 
@@ -43,7 +43,7 @@ from kdns.sources import Sink, decode, programming
 # The parts, by job: where the API is and who we are (kubeauth), the kinds, store and pure
 # event step (clusterstore), list pages, watch lines and errors (apiread). Their names are
 # re-exported: the CLI and the tests use them from here.
-from kdns.sources.apiread import (MAX_LINE, RETRYABLE, Backoff, LineTooLong, SinkError,  # noqa: F401
+from kdns.sources.apiread import (MAX_LINE, RETRYABLE, ApiClient, Backoff, LineTooLong, SinkError,  # noqa: F401
                                   _advice, _lines, _list, _reason, describe_error, lister,
                                   retry_after)
 from kdns.sources.clusterstore import (KINDS, BadEvent, Expired, Kind, Store,  # noqa: F401

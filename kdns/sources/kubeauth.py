@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import yaml
+from kdns.sources import kubeimport  # noqa: F401, I001 - first: see there
 from kubernetes.client.configuration import Configuration
 from kubernetes.config import incluster_config, kube_config
 from kubernetes.config.config_exception import ConfigException
