@@ -61,10 +61,20 @@ class Store:
     (LayeredMap deltas), so its cost does not grow with the cluster.
     """
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, coalesce: float = 0.0):
         self.config = config
         self.cluster = Cluster()
         self._lock = threading.Lock()
+        # ``apply`` calls closer together than ``coalesce`` seconds share one publish: the
+        # first after a quiet spell publishes at once, the rest of a burst at most once per
+        # window (a thread of our own does it). A publish costs more than the event it shows
+        # (new maps' deltas, a Snapshot, the packet cache's invalidation): at 1,000 events/s
+        # a publish per event kept the watch thread busy and fell seconds behind the stream.
+        self.coalesce = coalesce
+        self._pending = False
+        self._last_publish = 0.0
+        self._wake = threading.Condition(self._lock)
+        self._flusher: threading.Thread | None = None
         self._slices_by_service: dict[tuple[str, str], dict[str, EndpointSlice]] = {}
         self._records: dict[tuple[str, str], ServiceRecords] = {}
         # ip -> the Service (key) with a PTR for it, or a tuple of them (see _owners)
@@ -105,7 +115,28 @@ class Store:
     def apply(self, op: str, obj) -> None:
         with self._lock:
             self._apply(op, obj)
-            self._publish()
+            if self.coalesce <= 0 or (not self._pending and
+                                      time.monotonic() - self._last_publish >= self.coalesce):
+                self._publish()
+                return
+            self._pending = True
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_loop, name="kdns-publish",
+                                                 daemon=True)
+                self._flusher.start()
+            self._wake.notify()
+
+    def _flush_loop(self) -> None:
+        """Publishes what ``apply`` left pending, once its window since the last publish ends."""
+        with self._lock:
+            while True:
+                while not self._pending:
+                    self._wake.wait()
+                wait = self._last_publish + self.coalesce - time.monotonic()
+                if wait > 0:
+                    self._wake.wait(wait)
+                    continue
+                self._publish()
 
     def set_hosts(self, hosts) -> None:
         """Publish new hosts-file data (kdns.hosts.Hosts, or None): only the answers for names
@@ -326,6 +357,8 @@ class Store:
                 deps.add(APEX_NS)
             deps = frozenset(deps)
         self._deps = set()
+        self._pending = False
+        self._last_publish = time.monotonic()
         self.holder.publish(snap, prev.version, deps)
 
     def _snapshot(self) -> Snapshot:
