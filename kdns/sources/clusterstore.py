@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 from kdns import objects
-from kdns.objects import SERVICE_NAME_LABEL, Cluster, FieldError, short_str
+from kdns.objects import SERVICE_NAME_LABEL, Cluster, EndpointSlice, FieldError, short_str
 from kdns.sources import Object
 
 log = logging.getLogger("kdns.cluster")
@@ -120,8 +120,22 @@ class Store:
         old = table.get(key)
         if old == obj:
             return None                  # nothing DNS can see changed (status, annotations...)
+        if type(old) is EndpointSlice and type(obj) is EndpointSlice:
+            obj = _keep_unchanged(old, obj)
         table[key] = obj
         return ("MODIFIED" if old is not None else "ADDED", obj)
+
+
+def _keep_unchanged(old: EndpointSlice, new: EndpointSlice) -> EndpointSlice:
+    """``new`` holding ``old``'s Endpoint objects wherever they are equal: a rolling update
+    rewrites a slice to change one endpoint of many, and each event's freshly decoded copies
+    of the others (their IP and pod-name strings, which the snapshot also holds) only made
+    the heap grow under churn. Equal objects, so nothing the sink sees differs."""
+    if not old.endpoints or not new.endpoints:
+        return new
+    mine = {ep: ep for ep in old.endpoints}
+    kept = tuple([mine.get(ep, ep) for ep in new.endpoints])
+    return replace(new, endpoints=kept)
 
 
 class BadEvent(ValueError):
