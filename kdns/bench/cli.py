@@ -20,8 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from kdns.bench import (apichurn, cluster as gen, dnsperf, forwarding, fuzz, peers, report, servers,
-                        slowloris, solo, startup, workloads)
+from kdns.bench import (apichurn, cluster as gen, dnsperf, forwarding, fuzz, overhead, peers, report,
+                        servers, slowloris, solo, startup, workloads)
 from kdns.bench.report import say
 from kdns.bench.servers import Running, Unavailable
 
@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of the API churn report (default 30; 0 skips)")
     p.add_argument("--api-churn-services", type=int, default=10000,
                    help="services in the API churn report's cluster (default 10000)")
+    p.add_argument("--overhead-rounds", type=int, default=20, metavar="N",
+                   help="interleaved rounds of the counting / --log-queries cost report (kdns as "
+                        "shipped, with counting off, with --log-queries; kdns.bench.overhead); "
+                        "0 skips (default 20)")
+    p.add_argument("--overhead-duration", type=float, default=2.0, metavar="SECONDS",
+                   help="seconds per dnsperf run of that report (default 2)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", type=Path, metavar="FILE", help="also write every figure as JSON here")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, manifests, logs)")
@@ -279,6 +285,16 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
             churn_out = {"error": str(exc)}
         print("\nkdns API churn:")
         print(apichurn.lines(churn_out))
+    costs = None
+    if args.overhead_rounds > 0 and "kdns" in names:
+        say(f"kdns counting and --log-queries cost: {args.overhead_rounds} rounds")
+        try:
+            costs = overhead.measure(args.overhead_rounds, args.overhead_duration, tmp)
+        except (RuntimeError, OSError, dnsperf.DnsperfError) as exc:
+            costs = {"error": str(exc)}
+        print(f"\nkdns counting and --log-queries cost (hot A names, packet-cache hits; dnsperf -l "
+              f"{args.overhead_duration:g}, {args.overhead_rounds} interleaved rounds):")
+        print(overhead.lines(costs))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
                                          "cluster": {"services": len(model.services),
@@ -289,5 +305,5 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
                                          "watch": api_source, "churn": churn,
                                          "forwarding": forward_rows, "fuzz": fuzzed,
                                          "slowloris": loris, "startup": startup_rows,
-                                         "api_churn": churn_out}, indent=2))
+                                         "api_churn": churn_out, "overhead": costs}, indent=2))
     return 0
