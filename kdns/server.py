@@ -29,7 +29,7 @@ import threading
 from time import perf_counter
 
 from kdns import answer as ans
-from kdns import mmsg, rewrite, sockets, tcp, wire
+from kdns import direct, mmsg, rewrite, sockets, tcp, wire
 from kdns.metrics import QueryStats
 from kdns.badinput import BadInputLog
 from kdns.packetcache import PacketCache, evict_oldest, rotated
@@ -248,6 +248,19 @@ class Server:
             if hit is not None:
                 hit[1][self.stats.current("udp").hit] += 1
                 return data[:2] + (hit[0] if hit[3] is None else rotated(hit))
+        if cache is not None and not self.rewrites:
+            # The common miss (A/AAAA of a Service or endpoint), written straight to bytes.
+            got = direct.address(snap, query, wire.udp_limit(query))
+            if got is not None:
+                packet, rcode, deps, records = got
+                denial = rcode == ans.NXDOMAIN or (rcode == ans.NOERROR and not records)
+                cell = self.stats.computed_local(query.qtype, rcode, denial, len(data),
+                                                 len(packet), transport)
+                self.stats.observe(perf_counter() - start)
+                run = records if self.loadbalance and records > 1 else 0
+                cache.put(query.packet_key, packet[2:], cell, deps, snap.version,
+                          _rotation(query, run))
+                return packet
         try:
             if self.rewrites:
                 resp = rewrite.answer(snap, query.qname, query.qtype, self.rewrites)
@@ -286,12 +299,9 @@ class Server:
         cell = self.stats.computed(packet, transport, data)
         self.stats.observe(perf_counter() - start)
         if cache is not None:
-            rotation = None
-            if run and not packet[2] & 0x02:     # a truncated answer is not rotated
-                size = 16 if query.qtype == ans.A else 28
-                first = len(query.question) + 10     # the answer section, after the ID
-                rotation = (first, first + run * size, size)
-            cache.put(query.packet_key, packet[2:], cell, resp.deps, snap.version, rotation)
+            # A truncated answer is not rotated.
+            cache.put(query.packet_key, packet[2:], cell, resp.deps, snap.version,
+                      _rotation(query, 0 if packet[2] & 0x02 else run))
         return packet
 
     def _rotatable(self, query: wire.Query, resp: ans.Response) -> int:
@@ -355,3 +365,13 @@ class Server:
         except Exception as e:
             self.bad.exception("answering a TCP query", e)
             return None
+
+
+def _rotation(query: wire.Query, run: int) -> tuple[int, int, int] | None:
+    """Where a packet-cache entry's run of ``run`` rotatable A/AAAA records sits in the response
+    after its ID: (start, end, record size); None when there is nothing to rotate."""
+    if not run:
+        return None
+    size = 16 if query.qtype == ans.A else 28
+    first = len(query.question) + 10     # the answer section, after the ID
+    return (first, first + run * size, size)
