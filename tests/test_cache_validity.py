@@ -237,6 +237,32 @@ def test_creating_and_deleting_a_namespace_flips_its_cached_answers(api, live):
     assert text(live.query(pod_ns)) == nxdomain(pod_ns)
 
 
+def test_deleting_a_namespace_ends_the_cached_answers_of_the_services_still_in_it(api, live):
+    """A Service's answer is cached under the Service alone; the namespace's deletion must
+    still end it at once (the API deletes the namespace's objects only later, if at all)."""
+    api.create(namespace("shop"))
+    api.create(service("shop", "cart", "10.96.0.40"))
+    api.create(endpointslice("shop", "cart-a", "cart", ["10.244.4.1"]))
+    cart, ep = "cart.shop.svc.cluster.local.", "10-244-4-1.cart.shop.svc.cluster.local."
+    assert wait_for(lambda: text(live.query(cart)) == a(cart, "10.96.0.40"), WAIT)
+    assert wait_for(lambda: text(live.query(ep)) == a(ep, "10.244.4.1"), WAIT)
+    assert cached(live, cart) == a(cart, "10.96.0.40")
+    assert cached(live, ep) == a(ep, "10.244.4.1")
+    srv = "_http._tcp.cart.shop.svc.cluster.local."             # the generic answer path
+    assert cached(live, srv, "SRV")[2] == [f"{srv} {TTL} IN SRV 0 100 80 {cart}"]
+    assert cached(live, WEB) == a(WEB, "10.96.0.20")
+    v = version(live)
+    api.delete("Namespace", "", "shop", cascade=False)
+    applied(live, v)
+    assert api.get("Service", "shop", "cart") is not None     # only the namespace went
+    assert text(live.query(cart)) == nxdomain(cart)
+    assert text(live.query(ep)) == nxdomain(ep)
+    assert text(live.query(srv, "SRV")) == nxdomain(srv)
+    h, m = hits(live)
+    assert text(live.query(WEB)) == a(WEB, "10.96.0.20")       # another namespace's: kept
+    assert hits(live) == (h + 1, m)
+
+
 # ---- the key: one question, one entry (over the embedded example cluster)
 
 WEBAPP = "webapp.default.svc.cluster.local."
@@ -374,3 +400,59 @@ def test_a_headless_answer_rotates_through_the_packet_cache(headless):
 def test_no_loadbalance_keeps_endpointslice_order(headless):
     server = headless("--no-loadbalance")
     assert first_addresses(server, PG, 12) == {"10.244.1.5": 12}
+
+
+def test_a_full_cache_admits_a_name_on_its_second_miss_and_keeps_its_hot_answers():
+    """The doorkeeper (kdns.packetcache): once the cache is full, a name asked once is answered
+    but not cached, so it evicts nothing; asked again, it is cached and then hit."""
+    server = Kdns("--http", "127.0.0.1:0", "--reload", "0", "--cache-size", "4")
+    server.http = int(re.search(r"http on 127\.0\.0\.1:(\d+)", server.log()).group(1))
+    try:
+        hot = [f"{n}.default.svc.cluster.local." for n in ("webapp", "nginx", "myapp", "mysql")]
+        for name in hot:
+            server.query(name)
+        assert metrics(server)["kdns_cache_entries"] == 4               # full
+        h, m = hits(server)
+        once = [f"nope-{i}.default.svc.cluster.local." for i in range(20)]
+        for name in once:                                               # asked once each
+            assert server.query(name).rcode() == dns.rcode.NXDOMAIN
+        assert hits(server) == (h, m + 20)
+        for name in hot:                                                # none was evicted
+            assert server.query(name).answer
+        assert hits(server) == (h + 4, m + 20)
+        cold = "kubernetes.default.svc.cluster.local."
+        first = text(server.query(cold))
+        assert hits(server) == (h + 4, m + 21)                          # not admitted
+        assert text(server.query(cold)) == first
+        assert hits(server) == (h + 4, m + 22)                          # second miss: admitted
+        assert text(server.query(cold)) == first
+        assert hits(server) == (h + 5, m + 22)                          # and hit
+        assert metrics(server)["kdns_cache_entries"] <= 4
+    finally:
+        server.stop()
+
+
+def test_a_dual_stack_headless_aaaa_answer_rotates_through_the_packet_cache(api, tmp_path):
+    """The AAAA RRset of a dual-stack headless Service (its IPv6 EndpointSlice) rotates as the
+    A one does: round robin, from the packet cache, each address first equally often."""
+    api.create(service("prod", "pg", "None", ports=[{"name": "pg", "port": 5432, "protocol": "TCP"}]))
+    api.create(endpointslice("prod", "pg-a", "pg", ["10.244.1.5", "10.244.2.5", "10.244.3.5"]))
+    v6 = ["fd00:10:244:1::5", "fd00:10:244:2::5", "fd00:10:244:3::5"]
+    api.create(endpointslice("prod", "pg-v6", "pg", v6, address_type="IPv6"))
+    server = Kdns("--kubeconfig", api.kubeconfig(tmp_path / "kubeconfig"), "--api-timeout", "1",
+                  "--http", "127.0.0.1:0")
+    try:
+        server.http = int(re.search(r"http on 127\.0\.0\.1:(\d+)", server.log()).group(1))
+        assert wait_for(lambda: len(server.query(PG, "AAAA").answer) == 1, WAIT), server.log()
+        h, m = hits(server)
+        firsts: dict[str, int] = {}
+        for _ in range(30):
+            resp = server.query(PG, "AAAA")
+            ips = [rd.address for rrset in resp.answer for rd in rrset]
+            assert sorted(ips) == v6 and resp.rcode() == dns.rcode.NOERROR
+            firsts[ips[0]] = firsts.get(ips[0], 0) + 1
+        assert firsts == {ip: 10 for ip in v6}
+        h2, m2 = hits(server)
+        assert (h2 - h, m2 - m) == (30, 0)
+    finally:
+        server.stop()
