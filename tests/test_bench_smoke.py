@@ -369,3 +369,10 @@ def test_the_bench_command_runs_a_workload_against_a_peer(tmp_path):
     rows = [line for line in out.stdout.splitlines() if line.startswith("| a ")]
     assert [r.split("|")[2].strip() for r in rows] == ["kdns", "dnsmasq-a"], out.stdout
     assert "kdns/dnsmasq-a" in out.stdout
+
+
+def test_miss_report_times_the_miss_path_in_process():
+    from kdns.bench import miss
+
+    per = miss.measure(30, 600, 3)
+    assert len(per) == 3 and all(us > 0 for us in per)
