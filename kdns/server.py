@@ -248,8 +248,14 @@ class Server:
             if hit is not None:
                 hit[1][self.stats.current("udp").hit] += 1
                 return data[:2] + (hit[0] if hit[3] is None else rotated(hit))
+        forwarder = self.forwarder
         try:
-            if self.rewrites:
+            if forwarder is not None and forwarder.inside is not None \
+                    and forwarder.inside(query.name):
+                # A stub domain inside a served zone (--forward-inside-cluster-zone): its
+                # names are the stub's, never the cluster data's.
+                resp = ans.Response(ans.NOERROR, authoritative=False, forward=True)
+            elif self.rewrites:
                 resp = rewrite.answer(snap, query.qname, query.qtype, self.rewrites)
             else:
                 resp = ans.answer(snap, query.qname, query.qtype)
@@ -257,8 +263,8 @@ class Server:
             self.bad.exception("answering", e, query.qname)
             return self._counted(wire.servfail(query), transport, data)
         limit = MAX_TCP_MESSAGE if tcp else wire.udp_limit(query)
-        forwarder = self.forwarder
-        if forwarder is not None and (resp.forward or resp.chase or resp.fallthrough):
+        if forwarder is not None and (resp.forward or resp.chase or resp.fallthrough) and \
+                forwarder.takes(resp.chase[0] if resp.chase and not resp.forward else query.name):
             if forwarder.admits(client, query.name):
                 if not tcp and resp.forward:
                     # The forwarding cache, asked only once the name is known to be outside our
