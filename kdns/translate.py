@@ -50,6 +50,8 @@ class _Translation:
         self.notes: list[str] = []
         self.problems: list[str] = []
         self.cluster_zones: list[str] = []
+        self.stubs: list[tuple[str, Line]] = []     # --forward zones, with their Corefile line
+        self.default_forward = False                 # the main block has a 'forward .'
 
     def bad(self, line: Line | int, message: str) -> None:
         number = line.line if isinstance(line, Line) else line
@@ -122,6 +124,20 @@ def _translate(text: str, where: str) -> _Translation:
         t.args[:0] = ["--listen", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     if not seen_loadbalance:
         t.flag("--no-loadbalance")             # kdns rotates by default; CoreDNS only with the plugin
+    if not t.default_forward and root:
+        # No 'forward .': CoreDNS forwards nothing else, so kdns must not fall back to
+        # /etc/resolv.conf (its own default).
+        t.flag("--resolv-conf", "")
+    served = t.cluster_zones + list(REVERSE)
+    inside = [(z, line) for z, line in t.stubs
+              if any(z == c or z.endswith("." + c) for c in served)]
+    if inside:
+        # A server block (or forward FROM) for a zone kdns serves is the operator saying so:
+        # CoreDNS sends those names to that block, not to the kubernetes plugin.
+        t.flag("--forward-inside-cluster-zone")
+        for z, line in inside:
+            t.note(line, f"{z} is inside a zone kdns serves from the cluster's data; as in CoreDNS, "
+                         "its names go to the stub domain's upstreams instead")
     if t.problems:
         raise CorefileError(t.problems)
     return t
@@ -296,6 +312,7 @@ def _forward(t, d, zones):
     else:
         if resolv and upstreams:
             t.bad(d, "forward: both a resolv.conf and addresses: kdns takes one or the other")
+        t.default_forward = True
         for u in upstreams:
             t.flag("--upstream", u)
         if resolv:
@@ -321,6 +338,7 @@ def _stub(t, d, zone, upstreams, resolv):
         t.bad(d, f"forward {zone} {resolv}: a stub domain takes addresses, not a resolv.conf")
     if upstreams:
         t.flag("--forward", f"{zone}=" + ",".join(upstreams))
+        t.stubs.append((zone, d))
 
 
 def _cache(t, d, zones):
@@ -440,8 +458,8 @@ def _stub_block(t: _Translation, s: Server, zones: list[str]) -> None:
             if d.args[1:] or d.block:
                 t.bad(d, "cache in a stub domain's block: only 'cache [TTL]' is supported by kdns")
             elif d.args:
-                t.note(d, "cache in a stub domain's block: kdns's one forwarding cache (--cache-ttl) "
-                          "applies to every zone")
+                t.note(d, "cache in a stub domain's block: the stub domain has a forwarding cache "
+                          "of its own, its TTLs capped by --cache-ttl as every zone's")
         elif d.name == "forward":
             if d.args[:1] != ["."]:
                 t.bad(d, "forward in a stub domain's block: expected 'forward . ADDRESS...'")
