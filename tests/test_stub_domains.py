@@ -389,3 +389,30 @@ def test_a_forwarding_loop_through_a_stub_zone_is_detected_and_fatal():
     finally:
         k.stop()
         relay.close()
+
+
+def test_an_externalname_target_and_a_reverse_fallthrough_are_routed_by_zone():
+    default = Stub([])                                   # NXDOMAIN for everything
+    stub = Stub(["www.example.com. 300 IN A 192.0.2.53",
+                 "9.9.244.10.in-addr.arpa. 300 IN PTR node-9.example.net."])
+    k = KdnsProcess("--manifests", CLUSTER, "--reload", "0", "--upstream", f"127.0.0.1:{default.port}",
+                    "--forward", f"example.com=127.0.0.1:{stub.port}",
+                    "--forward", f"arpa=127.0.0.1:{stub.port}")     # above the reverse zones: allowed
+    try:
+        r = ask(k, "ext.prod.svc.cluster.local.")
+        assert (r.rcode(), lines(r.answer)) == (dns.rcode.NOERROR, [
+            "ext.prod.svc.cluster.local. 5 IN CNAME www.example.com.",
+            "www.example.com. 300 IN A 192.0.2.53"])
+        assert flags(r) == "QR AA RD"           # the chase is kdns's own answer
+        r = ask(k, "9.9.244.10.in-addr.arpa.", "PTR")           # not a cluster IP: falls through
+        forwarded(r, ["9.9.244.10.in-addr.arpa. 300 IN PTR node-9.example.net."])
+        # a cluster IP's PTR is still kdns's own
+        r = ask(k, "1.10.96.10.in-addr.arpa.", "PTR")
+        assert lines(r.answer) == ["1.10.96.10.in-addr.arpa. 5 IN PTR web.prod.svc.cluster.local."]
+        assert default.count(name="www.example.com") == 0
+        assert default.count(name="9.9.244.10.in-addr.arpa") == 0
+        assert (stub.count(name="www.example.com"), stub.count(name="9.9.244.10.in-addr.arpa")) == (1, 1)
+    finally:
+        k.stop()
+        default.close()
+        stub.close()
