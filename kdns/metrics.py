@@ -282,7 +282,10 @@ class QueryStats:
     def cell(self, packet: bytes, request: bytes | None = None) -> list[int]:
         qtype, rcode, plugin, denial = labels_of(packet)
         qsize = len(request) if request is not None else _question_length(packet)
-        rsize = len(packet)
+        return self._cell(qtype, rcode, plugin, denial, qsize, len(packet))
+
+    def _cell(self, qtype: str, rcode: str, plugin: str, denial: bool, qsize: int,
+              rsize: int) -> list[int]:
         key = (qtype, rcode, plugin, denial, qsize, rsize)
         cell = self.cells.get(key)
         if cell is None:
@@ -296,7 +299,16 @@ class QueryStats:
     def computed(self, packet: bytes, transport: str, request: bytes | None = None) -> list[int]:
         """Count one answer that was computed (not a packet-cache hit); returns its cell, which
         a packet-cache entry keeps for its hits. ``request``: the query, for its size."""
-        cell = self.cell(packet, request)
+        return self._count(self.cell(packet, request), transport)
+
+    def computed_local(self, qtype: int, rcode: int, denial: bool, qsize: int, rsize: int,
+                       transport: str) -> list[int]:
+        """computed() for an authoritative answer whose labels the caller knows (kdns.direct),
+        so its packet is not read again for them."""
+        return self._count(self._cell(QTYPES.get(qtype, "other"), RCODES[rcode], "kubernetes",
+                                      denial, qsize, rsize), transport)
+
+    def _count(self, cell: list[int], transport: str) -> list[int]:
         slot = self.current(transport).computed
         if slot >= len(cell):                   # a listener registered after the cell was made
             cell.extend([0] * (slot + 1 - len(cell)))

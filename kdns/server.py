@@ -29,7 +29,7 @@ import threading
 from time import perf_counter
 
 from kdns import answer as ans
-from kdns import mmsg, rewrite, sockets, tcp, wire
+from kdns import direct, mmsg, rewrite, sockets, tcp, wire
 from kdns.metrics import QueryStats
 from kdns.badinput import BadInputLog
 from kdns.packetcache import PacketCache, evict_oldest, rotated
@@ -249,11 +249,25 @@ class Server:
                 hit[1][self.stats.current("udp").hit] += 1
                 return data[:2] + (hit[0] if hit[3] is None else rotated(hit))
         forwarder = self.forwarder
+        # A stub domain inside a served zone (--forward-inside-cluster-zone): its names are the
+        # stub's, never the cluster data's (asked only when there is such a zone).
+        inside = forwarder is not None and forwarder.inside is not None \
+            and forwarder.inside(query.name)
+        if cache is not None and not self.rewrites and not inside:
+            # The common miss (A/AAAA of a Service or endpoint), written straight to bytes.
+            got = direct.address(snap, query, wire.udp_limit(query))
+            if got is not None:
+                packet, rcode, deps, records = got
+                denial = rcode == ans.NXDOMAIN or (rcode == ans.NOERROR and not records)
+                cell = self.stats.computed_local(query.qtype, rcode, denial, len(data),
+                                                 len(packet), transport)
+                self.stats.observe(perf_counter() - start)
+                run = records if self.loadbalance and records > 1 else 0
+                cache.put(query.packet_key, packet[2:], cell, deps, snap.version,
+                          _rotation(query, run))
+                return packet
         try:
-            if forwarder is not None and forwarder.inside is not None \
-                    and forwarder.inside(query.name):
-                # A stub domain inside a served zone (--forward-inside-cluster-zone): its
-                # names are the stub's, never the cluster data's.
+            if inside:
                 resp = ans.Response(ans.NOERROR, authoritative=False, forward=True)
             elif self.rewrites:
                 resp = rewrite.answer(snap, query.qname, query.qtype, self.rewrites)
@@ -292,12 +306,9 @@ class Server:
         cell = self.stats.computed(packet, transport, data)
         self.stats.observe(perf_counter() - start)
         if cache is not None:
-            rotation = None
-            if run and not packet[2] & 0x02:     # a truncated answer is not rotated
-                size = 16 if query.qtype == ans.A else 28
-                first = len(query.question) + 10     # the answer section, after the ID
-                rotation = (first, first + run * size, size)
-            cache.put(query.packet_key, packet[2:], cell, resp.deps, snap.version, rotation)
+            # A truncated answer is not rotated.
+            cache.put(query.packet_key, packet[2:], cell, resp.deps, snap.version,
+                      _rotation(query, 0 if packet[2] & 0x02 else run))
         return packet
 
     def _rotatable(self, query: wire.Query, resp: ans.Response) -> int:
@@ -361,3 +372,13 @@ class Server:
         except Exception as e:
             self.bad.exception("answering a TCP query", e)
             return None
+
+
+def _rotation(query: wire.Query, run: int) -> tuple[int, int, int] | None:
+    """Where a packet-cache entry's run of ``run`` rotatable A/AAAA records sits in the response
+    after its ID: (start, end, record size); None when there is nothing to rotate."""
+    if not run:
+        return None
+    size = 16 if query.qtype == ans.A else 28
+    first = len(query.question) + 10     # the answer section, after the ID
+    return (first, first + run * size, size)
