@@ -5,6 +5,7 @@ dnspython; upstreams are stubs on loopback."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import urllib.request
@@ -13,7 +14,7 @@ import dns.flags
 import dns.rcode
 import pytest
 
-from conftest import DATA, ROOT, Kdns
+from conftest import DATA, ROOT, Kdns, wait_for
 from dnsstub import Stub
 from kdnsproc import lines
 
@@ -376,3 +377,42 @@ def test_the_command_line_wins_over_the_corefile(upstream, tmp_path):
             "NOERROR", ["9.9.9.10.in-addr.arpa. 600 outside.example.com."])
     finally:
         s.stop()
+
+
+def test_corefile_log_policy_and_loop_serve(tmp_path):
+    """log (one CoreDNS-format line per query), forward's policy round_robin over two upstreams,
+    loop and errors, through a Corefile kdns runs."""
+    one, two = Stub(["a.example.org. 60 IN A 192.0.2.1"]), Stub(["b.example.org. 60 IN A 192.0.2.2"])
+    corefile = tmp_path / "Corefile"
+    corefile.write_text(f"""\
+.:53 {{
+    errors
+    log
+    kubernetes cluster.local
+    forward . 127.0.0.1:{one.port} 127.0.0.1:{two.port} {{
+        policy round_robin
+    }}
+    loop
+}}
+""")
+    out = kdns_cli("corefile", str(corefile))
+    assert (out.returncode, out.stderr, out.stdout) == (0, "", (
+        "kdns serve --listen 0.0.0.0:53 --log-queries --domain cluster.local --in-cluster "
+        f"--no-fallthrough --upstream 127.0.0.1:{one.port} --upstream 127.0.0.1:{two.port} "
+        "--policy round_robin --no-loadbalance\n"))
+    s = Kdns("--corefile", str(corefile), "--manifests", CLUSTER)
+    try:
+        s.query("a.example.org.")
+        s.query("b.example.org.")
+        assert (one.count(name="a.example.org"), two.count(name="b.example.org")) == (1, 1)
+        assert (one.count(name="b.example.org"), two.count(name="a.example.org")) == (0, 0)
+        assert answers(s, "web.prod.svc.cluster.local.") == (
+            "NOERROR", ["web.prod.svc.cluster.local. 5 10.96.10.1"])
+        assert wait_for(lambda: '"A IN web.prod.svc.cluster.local. udp ' in s.log())
+        line = next(x for x in s.log().splitlines() if '"A IN web.prod.svc.cluster.local. udp ' in x)
+        assert re.search(r'127\.0\.0\.1:\d+ - \d+ "A IN web\.prod\.svc\.cluster\.local\. udp \d+ false '
+                         r'\d+" NOERROR qr,aa,rd \d+ [\d.]+s$', line), line
+    finally:
+        s.stop()
+        one.close()
+        two.close()
