@@ -416,3 +416,30 @@ def test_corefile_log_policy_and_loop_serve(tmp_path):
         s.stop()
         one.close()
         two.close()
+
+
+def test_corefile_cache_success_and_denial_caps_serve(upstream, tmp_path):
+    corefile = tmp_path / "Corefile"
+    corefile.write_text(f"""\
+.:53 {{
+    kubernetes cluster.local
+    forward . 127.0.0.1:{upstream.port}
+    cache 300 {{
+        success 5000 60
+        denial 2000 10
+    }}
+}}
+""")
+    out = kdns_cli("corefile", str(corefile))
+    assert (out.returncode, out.stderr, out.stdout) == (0, "", (
+        "kdns serve --listen 0.0.0.0:53 --domain cluster.local --in-cluster --no-fallthrough "
+        f"--upstream 127.0.0.1:{upstream.port} --cache-ttl 300 --cache-denial-ttl 300 --cache-ttl 60 "
+        "--cache-denial-ttl 10 --cache-size 5000 --no-loadbalance\n"))
+    s = Kdns("--corefile", str(corefile), "--manifests", CLUSTER)
+    try:
+        assert answers(s, "www.example.com.") == ("NOERROR", ["www.example.com. 60 192.0.2.80"])
+        r = s.query("nosuch.example.com.")
+        assert (dns.rcode.to_text(r.rcode()), lines(r.authority)) == ("NXDOMAIN", [
+            "example.com. 10 IN SOA ns.example.com. hostmaster.example.com. 1 7200 1800 86400 30"])
+    finally:
+        s.stop()
