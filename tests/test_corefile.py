@@ -6,6 +6,7 @@ dnspython; upstreams are stubs on loopback."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -25,6 +26,21 @@ COREFILES = DATA / "corefiles"
 def kdns_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kdns", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
+
+
+def dig(server: Kdns, name: str, rdtype: str = "A") -> tuple[str, str, list[str]]:
+    """(status, flags, answer lines) as dig prints them; skipped where dig is missing."""
+    if shutil.which("dig") is None:
+        pytest.skip("dig (bind9-dnsutils) not installed")
+    out = subprocess.run(["dig", "@127.0.0.1", "-p", str(server.port), "+time=3", "+tries=1",
+                          "+nocookie", "+noall", "+comments", "+answer", name, rdtype],
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    status = re.search(r"status: (\w+)", out.stdout).group(1)
+    flags = re.search(r"flags: ([a-z ]+);", out.stdout).group(1)
+    records = [" ".join(line.split()) for line in out.stdout.splitlines()
+               if line and not line.startswith(";")]
+    return status, flags, records
 
 
 def answers(server: Kdns, name: str, rdtype: str = "A") -> tuple[str, list[str]]:
@@ -68,6 +84,8 @@ def test_kubeadm_default_corefile_serves(upstream):
         assert answers(s, "9.9.9.10.in-addr.arpa.", "PTR") == (        # fallthrough in-addr.arpa
             "NOERROR", ["9.9.9.10.in-addr.arpa. 30 outside.example.com."])
         assert answers(s, "nosuch.default.svc.cluster.local.") == ("NXDOMAIN", [])
+        assert dig(s, "kube-dns.kube-system.svc.cluster.local") == (
+            "NOERROR", "qr aa rd", ["kube-dns.kube-system.svc.cluster.local. 30 IN A 10.96.0.10"])
         assert answers(s, "10-1-2-3.default.pod.cluster.local.") == (   # pods insecure
             "NOERROR", ["10-1-2-3.default.pod.cluster.local. 30 10.1.2.3"])
         port = int(s.log().split("http on 127.0.0.1:")[1].split()[0])
@@ -127,6 +145,8 @@ def test_customizing_dns_example_serves(upstream, consul, tmp_path):
             "NXDOMAIN", [], ["consul.local. 30 IN SOA ns.consul.local. hostmaster.consul.local. 1 2 3 4 60"])
         assert answers(s, "web.service.consul.local.") == (
             "NOERROR", ["web.service.consul.local. 30 10.150.1.1"])
+        assert dig(s, "web.service.consul.local") == (
+            "NOERROR", "qr rd ra", ["web.service.consul.local. 30 IN A 10.150.1.1"])
         assert consul.count(name="web.service.consul.local") == 1          # then from its cache
         assert answers(s, "www.example.com.") == ("NOERROR", ["www.example.com. 30 192.0.2.80"])
         assert consul.count(name="www.example.com") == 0
