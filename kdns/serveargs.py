@@ -10,7 +10,7 @@ import logging
 import sys
 from typing import Iterable
 
-from kdns import rewrite, translate
+from kdns import kubedns, rewrite, translate
 from kdns.config import ConfigError, format_hostport, normalize_zone, parse_hostport
 from kdns.corefile import CorefileError
 
@@ -94,7 +94,7 @@ def with_translation(args, argv: list[str], build_parser):
         if args.corefile:
             extra += translate.translate_file(args.corefile, notes)
         if args.kube_dns_configmap:
-            extra += translate.translate_kube_dns(args.kube_dns_configmap)
+            extra += kubedns.translate_kube_dns(args.kube_dns_configmap)
     except CorefileError as exc:
         for line in exc.problems:
             print(f"kdns: {line}", file=sys.stderr)

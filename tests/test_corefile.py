@@ -265,8 +265,8 @@ def test_corefile_hosts_rewrite_and_kubernetes_options(upstream, tmp_path):
 
 
 def test_kube_dns_configmap_translation():
-    from kdns import translate
-    assert translate.translate_kube_dns(str(COREFILES / "kube-dns-configmap.yaml")) == [
+    from kdns import kubedns
+    assert kubedns.translate_kube_dns(str(COREFILES / "kube-dns-configmap.yaml")) == [
         "--forward", "acme.local=1.2.3.4", "--upstream", "8.8.8.8", "--upstream", "8.8.4.4"]
 
 
