@@ -89,11 +89,18 @@ def address(snap: Snapshot, query: wire.Query, limit: int) -> tuple[bytes, int, 
     else:
         rcode = NOERROR
         want6 = qtype == AAAA
-        family = _INET[qtype]
-        head = wire._address_head(qtype, ttl)
-        parts = [head + _PTON(family, ip) for ip in node.addrs if (":" in ip) == want6]
-        records = len(parts)
-        body = b"".join(parts) if records != 1 else parts[0]
+        addrs = node.addrs
+        if len(addrs) == 1:                     # most names: one address, no list to build
+            ip = addrs[0]
+            if (":" in ip) == want6:
+                records = 1
+                body = wire._address_head(qtype, ttl) + _PTON(_INET[qtype], ip)
+        else:
+            family = _INET[qtype]
+            head = wire._address_head(qtype, ttl)
+            parts = [head + _PTON(family, ip) for ip in addrs if (":" in ip) == want6]
+            records = len(parts)
+            body = b"".join(parts)
     if records == 0:                            # NXDOMAIN, or NODATA (RFC 2308): the zone's SOA
         zone_at = 12 + len(query.name) - len(config.domain) - 2
         body = wire._soa_piece(zone_at, min(ttl, 300),

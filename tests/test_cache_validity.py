@@ -367,3 +367,33 @@ def test_a_headless_answer_rotates_through_the_packet_cache(headless):
 def test_no_loadbalance_keeps_endpointslice_order(headless):
     server = headless("--no-loadbalance")
     assert first_addresses(server, PG, 12) == {"10.244.1.5": 12}
+
+
+def test_a_full_cache_admits_a_name_on_its_second_miss_and_keeps_its_hot_answers():
+    """The doorkeeper (kdns.packetcache): once the cache is full, a name asked once is answered
+    but not cached, so it evicts nothing; asked again, it is cached and then hit."""
+    server = Kdns("--http", "127.0.0.1:0", "--reload", "0", "--cache-size", "4")
+    server.http = int(re.search(r"http on 127\.0\.0\.1:(\d+)", server.log()).group(1))
+    try:
+        hot = [f"{n}.default.svc.cluster.local." for n in ("webapp", "nginx", "myapp", "mysql")]
+        for name in hot:
+            server.query(name)
+        assert metrics(server)["kdns_cache_entries"] == 4               # full
+        h, m = hits(server)
+        once = [f"nope-{i}.default.svc.cluster.local." for i in range(20)]
+        for name in once:                                               # asked once each
+            assert server.query(name).rcode() == dns.rcode.NXDOMAIN
+        assert hits(server) == (h, m + 20)
+        for name in hot:                                                # none was evicted
+            assert server.query(name).answer
+        assert hits(server) == (h + 4, m + 20)
+        cold = "kubernetes.default.svc.cluster.local."
+        first = text(server.query(cold))
+        assert hits(server) == (h + 4, m + 21)                          # not admitted
+        assert text(server.query(cold)) == first
+        assert hits(server) == (h + 4, m + 22)                          # second miss: admitted
+        assert text(server.query(cold)) == first
+        assert hits(server) == (h + 5, m + 22)                          # and hit
+        assert metrics(server)["kdns_cache_entries"] <= 4
+    finally:
+        server.stop()

@@ -91,7 +91,6 @@ class Forwarder:
         # An upstream in several zones' sets is one series (its `to`): their in-flight counts add.
         for i, name in enumerate(self.names):
             shared_gauge(FORWARD_INFLIGHT, name, self, lambda i=i: self.inflight[i], sum)
-        self._own_probe = loop_probe is None
         self.loop_probe = loop_probe or LoopProbe(self.upstreams, timeout)
 
     # The server's questions for kdns.forward.zones, answered for one upstream set: every name
