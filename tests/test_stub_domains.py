@@ -30,6 +30,13 @@ def flags(r: dns.message.Message) -> str:
     return dns.flags.to_text(r.flags)
 
 
+def asked(stub: Stub) -> int:
+    """Queries the stub saw, less kdns's loop probes (HINFO, sent to every upstream while kdns
+    starts, so they may land in the middle of a test)."""
+    with stub._lock:
+        return sum(1 for _, _, qtype in stub.seen if qtype != "HINFO")
+
+
 def soa(zone: str) -> str:
     return f"{zone}. 30 IN SOA ns.{zone}. hostmaster.{zone}. 1 7200 1800 86400 30"
 
@@ -92,7 +99,7 @@ def forwarded(r: dns.message.Message, answer: list[str], rcode=dns.rcode.NOERROR
 
 
 def test_the_longest_matching_zone_wins(kdns, stubs):
-    before = {k: s.count() for k, s in stubs.items()}
+    before = {k: asked(s) for k, s in stubs.items()}
     forwarded(ask(kdns, "app.deep.example.org."), ["app.deep.example.org. 300 IN A 203.0.113.1"])
     forwarded(ask(kdns, "deep.example.org."), ["deep.example.org. 300 IN A 203.0.113.2"])
     forwarded(ask(kdns, "x.example.org."), ["x.example.org. 300 IN A 198.51.100.1"])
@@ -100,9 +107,9 @@ def test_the_longest_matching_zone_wins(kdns, stubs):
     forwarded(ask(kdns, "notdeep.example.org."), ["notdeep.example.org. 300 IN A 198.51.100.2"])
     forwarded(ask(kdns, "nope.example.org."), [], dns.rcode.NXDOMAIN,
               ["example.org. 30 IN SOA ns.example.org. hostmaster.example.org. 1 7200 1800 86400 30"])
-    assert stubs["deep"].count() - before["deep"] == 2
-    assert stubs["org"].count() - before["org"] == 3
-    assert stubs["default"].count() == before["default"]
+    assert asked(stubs["deep"]) - before["deep"] == 2
+    assert asked(stubs["org"]) - before["org"] == 3
+    assert asked(stubs["default"]) == before["default"]
 
 
 def test_every_other_name_goes_to_the_default_upstreams(kdns, stubs):
@@ -110,11 +117,11 @@ def test_every_other_name_goes_to_the_default_upstreams(kdns, stubs):
     forwarded(ask(kdns, "www.example.com."), ["www.example.com. 300 IN A 192.0.2.53"])
     assert stubs["default"].count(name="www.example.com") == before + 1
     # cluster names never reach any upstream
-    counts = [s.count() for s in stubs.values()]
+    counts = [asked(s) for s in stubs.values()]
     r = ask(kdns, "web.prod.svc.cluster.local.")
     assert lines(r.answer) == ["web.prod.svc.cluster.local. 5 IN A 10.96.10.1"]
     assert r.flags & dns.flags.AA
-    assert [s.count() for s in stubs.values()] == counts
+    assert [asked(s) for s in stubs.values()] == counts
 
 
 def test_each_zone_has_its_own_cache(kdns, stubs):
