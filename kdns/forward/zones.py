@@ -67,6 +67,7 @@ class Zones:
         self._excepted = {_wire(z) for z in excepted}
         inside_wire = {_wire(z) for z in inside}
         self._inside = {w: f for w, f in self._by_wire.items() if w in inside_wire}
+        self._inside_suffixes = tuple(self._inside)
         # The server asks ``inside(qname wire)`` before answering, only when there is one.
         self.inside = self._is_inside if self._inside else None
         self.stats = {"refused": 0, "excepted": 0}
@@ -98,6 +99,10 @@ class Zones:
             i += n + 1
 
     def _is_inside(self, name: bytes) -> bool:
+        # Most names end in none of those zones' wire forms: one C-level test settles them; a
+        # byte-suffix hit is confirmed label by label (it may not start at a label boundary).
+        if not name.lower().endswith(self._inside_suffixes):
+            return False
         f = self.route(name)
         return f is not None and f is not EXCEPTED and f in self._inside.values()
 
