@@ -463,3 +463,24 @@ def test_corefile_cache_success_and_denial_caps_serve(upstream, tmp_path):
             "example.com. 10 IN SOA ns.example.com. hostmaster.example.com. 1 7200 1800 86400 30"])
     finally:
         s.stop()
+
+
+def test_customizing_dns_example_with_the_api_as_the_source(upstream, consul, tmp_path, api):
+    """--kubeconfig on the command line replaces the Corefile's --in-cluster: the live (fake) API's
+    Services beside the page's upstream and consul.local stub domain."""
+    from conftest import eventually
+    from fakeapi import service
+
+    api.create(service("prod", "web", "10.96.0.20"))
+    corefile = loopback_corefile(tmp_path, (COREFILES / "customizing-dns").read_text(), upstream, consul)
+    s = Kdns("--corefile", corefile, "--kubeconfig", api.kubeconfig(tmp_path / "kubeconfig"),
+             "--api-timeout", "1")
+    try:
+        eventually(s, "web.prod.svc.cluster.local.", ("NOERROR", ["10.96.0.20"]))
+        assert answers(s, "web.service.consul.local.") == (
+            "NOERROR", ["web.service.consul.local. 30 10.150.1.1"])
+        assert answers(s, "www.example.com.") == ("NOERROR", ["www.example.com. 30 192.0.2.80"])
+        assert (consul.count(name="web.service.consul.local"), consul.count(name="www.example.com"),
+                upstream.count(name="web.service.consul.local")) == (1, 0, 0)
+    finally:
+        s.stop()
