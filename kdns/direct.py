@@ -62,11 +62,15 @@ def address(snap: Snapshot, query: wire.Query, limit: int) -> tuple[bytes, int, 
     if (n != 3 and n != 4) or labels[-1] != "svc":
         return None
     namespace = labels[-2]
-    deps = [namespace]
     node = None
-    if namespace in snap.namespaces:
+    if namespace not in snap.namespaces:
+        deps = [namespace]
+    else:
+        # Under the Service key alone: a namespace's change also drops every entry of a Service
+        # key in it (PacketCache.sync), which spares each entry an index slot in the namespace's
+        # (a dict of thousands of keys in a big namespace).
         key = (namespace, labels[-3])
-        deps.append(key)
+        deps = [key]
         rec = snap.services.get(key)
         if rec is not None and rec.node is not None:
             if n == 3:

@@ -13,7 +13,8 @@ with no re-encoding and nothing precomputed per rotation.
 Validity follows the data, not the snapshot: ``sync`` is called by a UDP loop when it sees a new
 snapshot, and drops only the entries whose deps (a Service, a namespace, an IP's PTR, a pod; see
 kdns.snapshot.APEX_NS) changed since the version the cache last synced to, as the Holder's log
-tells. ``put`` keeps an answer only if it was computed from the snapshot the cache is synced
+tells. A changed namespace also drops every entry of a Service key or pod in it, so an answer
+below an existing namespace may name its Service key alone (kdns.direct does). ``put`` keeps an answer only if it was computed from the snapshot the cache is synced
 to, so an answer computed from data that changed meanwhile can never be stored after its
 invalidation went by. In-zone answers are therefore always those of the current snapshot
 (a negative answer's SOA serial may be that of the snapshot it was computed from).
@@ -71,10 +72,19 @@ class PacketCache:
                 self._stale = 0
             else:
                 by_dep = self._by_dep
+                namespaces = []
                 for dep in changed:
                     keys = by_dep.pop(dep, None)
                     if keys:
                         for key in keys:
+                            self._drop(key)
+                    if type(dep) is str and _is_namespace(dep):
+                        namespaces.append(dep)
+                if namespaces:
+                    # Answers below a namespace that exists are indexed under their Service key
+                    # (or pod) only: a namespace created or deleted (rare) drops them by a scan.
+                    for dep in [d for d in by_dep if type(d) is tuple and d[0] in namespaces]:
+                        for key in by_dep.pop(dep):
                             self._drop(key)
             self.version = snap.version
 
@@ -139,6 +149,11 @@ class PacketCache:
                 keys.pop(key, None)
                 if not keys:
                     del by_dep[dep]
+
+
+def _is_namespace(dep: str) -> bool:
+    """A namespace dep, not an IP's (which holds '.' or ':') nor an '@' one (kdns.snapshot)."""
+    return not dep.startswith("@") and "." not in dep and ":" not in dep
 
 
 def rotated(entry: list) -> bytes:

@@ -471,10 +471,13 @@ class FakeAPI:
             exists = (ns, meta["name"]) in self._objects[res.name]
         return self.replace(obj) if exists else self.create(obj)
 
-    def delete(self, kind: str, namespace: str, name: str) -> dict:
+    def delete(self, kind: str, namespace: str, name: str, *, cascade: bool = True) -> dict:
+        """``cascade=False`` deletes a Namespace alone: the order a watcher may see when the
+        namespaces stream runs ahead of the others (a real API empties the namespace first)."""
         res = BY_KIND[kind]
         with self._cond:
-            return self._store_delete(res, namespace if res.namespaced else "", name)
+            return self._store_delete(res, namespace if res.namespaced else "", name,
+                                      cascade=cascade)
 
     def get(self, kind: str, namespace: str, name: str) -> dict | None:
         res = BY_KIND[kind]
@@ -620,7 +623,8 @@ class FakeAPI:
         self._record(res, "MODIFIED", obj, old)
         return obj
 
-    def _store_delete(self, res: Resource, ns: str, name: str, dry_run: bool = False) -> dict:
+    def _store_delete(self, res: Resource, ns: str, name: str, dry_run: bool = False,
+                      cascade: bool = True) -> dict:
         old = self._objects[res.name].get((ns, name))
         if old is None:
             raise HTTPError(404, "NotFound", f'{res.qualified} "{name}" not found',
@@ -631,7 +635,7 @@ class FakeAPI:
         gone = copy.deepcopy(old)
         gone["metadata"]["resourceVersion"] = str(self._bump())
         self._record(res, "DELETED", gone, old)
-        if res.name == "namespaces":       # the namespace controller empties it (instantly, here)
+        if res.name == "namespaces" and cascade:   # the namespace controller empties it (instantly, here)
             for other in RESOURCES.values():
                 if other.namespaced:
                     for key in [k for k in self._objects[other.name] if k[0] == name]:

@@ -230,6 +230,32 @@ def test_creating_and_deleting_a_namespace_flips_its_cached_answers(api, live):
     assert text(live.query(pod_ns)) == nxdomain(pod_ns)
 
 
+def test_deleting_a_namespace_ends_the_cached_answers_of_the_services_still_in_it(api, live):
+    """A Service's answer is cached under the Service alone; the namespace's deletion must
+    still end it at once (the API deletes the namespace's objects only later, if at all)."""
+    api.create(namespace("shop"))
+    api.create(service("shop", "cart", "10.96.0.40"))
+    api.create(endpointslice("shop", "cart-a", "cart", ["10.244.4.1"]))
+    cart, ep = "cart.shop.svc.cluster.local.", "10-244-4-1.cart.shop.svc.cluster.local."
+    assert wait_for(lambda: text(live.query(cart)) == a(cart, "10.96.0.40"), WAIT)
+    assert wait_for(lambda: text(live.query(ep)) == a(ep, "10.244.4.1"), WAIT)
+    assert cached(live, cart) == a(cart, "10.96.0.40")
+    assert cached(live, ep) == a(ep, "10.244.4.1")
+    srv = "_http._tcp.cart.shop.svc.cluster.local."             # the generic answer path
+    assert cached(live, srv, "SRV")[2] == [f"{srv} {TTL} IN SRV 0 100 80 {cart}"]
+    assert cached(live, WEB) == a(WEB, "10.96.0.20")
+    v = version(live)
+    api.delete("Namespace", "", "shop", cascade=False)
+    applied(live, v)
+    assert api.get("Service", "shop", "cart") is not None     # only the namespace went
+    assert text(live.query(cart)) == nxdomain(cart)
+    assert text(live.query(ep)) == nxdomain(ep)
+    assert text(live.query(srv, "SRV")) == nxdomain(srv)
+    h, m = hits(live)
+    assert text(live.query(WEB)) == a(WEB, "10.96.0.20")       # another namespace's: kept
+    assert hits(live) == (h + 1, m)
+
+
 # ---- the key: one question, one entry (over the embedded example cluster)
 
 WEBAPP = "webapp.default.svc.cluster.local."
