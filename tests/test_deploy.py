@@ -453,3 +453,23 @@ def test_corefile_variant_runs_a_corefile_with_a_stub_domain(tmp_path):
         upstream.close()
         consul.close()
     assert s.proc.returncode == 0, log
+
+
+def test_kubectl_apply_dry_run_accepts_the_corefile_variant(kubeconfig, tmp_path):
+    """deploy/kdns-corefile.yaml, on its own as an operator applies it: kubectl takes every
+    object, and every field is in the Kubernetes schema."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is needed: apt-get install kubectl (or kubernetes-client)")
+    out = subprocess.run([kubectl, "--kubeconfig", str(kubeconfig), "--cache-dir", str(tmp_path / "cache"),
+                          "apply", "--dry-run=client", "--validate=false", "-f", str(COREFILE_MANIFEST)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    docs = load(COREFILE_MANIFEST)
+    assert len(out.stdout.split("\n")[:-1]) == len(docs)
+    assert all(line.endswith(" (dry run)") for line in out.stdout.split("\n")[:-1])
+    problems: list[str] = []
+    for doc in docs:
+        _check(doc, _model(doc["kind"], doc["apiVersion"]).__name__,
+               f"{doc['kind']}/{doc['metadata']['name']}", problems)
+    assert not problems, "\n".join(problems)
