@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "'' skips (default 1000)")
     p.add_argument("--churn-rates", default="0,10,100,1000", metavar="LIST",
                    help="workload (d): EndpointSlice changes per second (default 0,10,100,1000)")
+    p.add_argument("--churn-writer", choices=("local", "http"), default="local",
+                   help="workload (d): who writes the changes: 'local', calls into the fake API "
+                        "in the harness's process (default: the harness then costs what an API "
+                        "server elsewhere would not take from kdns's cores, only the store and the "
+                        "watch encoding), or 'http', PUTs from a driver process (kdns.bench.churn; "
+                        "~1 core at 1,000/s on its own)")
     p.add_argument("--churn-hot", type=int, default=200, metavar="N",
                    help="workload (d): hot services asked for (A) while the others change (default 200)")
     p.add_argument("--fuzz", type=int, default=200_000, metavar="N",

@@ -24,11 +24,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 from kdns.bench import check, cluster as gen, cpu, dnsperf, servers, watch, workloads
+from kdns.bench import churn as churn_driver
 from kdns.bench.servers import REPO, Running, Unavailable, free_port
 
 FRESH_TIMEOUT_S = 60.0  # longest wait for kdns to answer the last change once the churn stopped
@@ -92,6 +94,36 @@ class Churn:
     def __exit__(self, *exc) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.stop()
+
+
+class LocalChurn:
+    """Churn's interface over a LocalDriver thread in this process (``--churn-writer local``):
+    its CPU is the harness's own (time.process_time), so cpu_s() is 0 here."""
+
+    def __init__(self, api, plan_file: Path, rate: float, seconds: float):
+        self.driver = churn_driver.LocalDriver(api, json.loads(plan_file.read_text()), rate=rate,
+                                               count=math.ceil(rate * seconds), duration=seconds)
+        self.thread = threading.Thread(target=self._run, name="churn", daemon=True)
+        self.result: dict = {}
+
+    def _run(self) -> None:
+        self.result = self.driver.run()
+
+    def __enter__(self) -> "LocalChurn":
+        self.thread.start()
+        return self
+
+    def cpu_s(self) -> float:
+        return 0.0
+
+    def stop(self) -> dict:
+        self.driver.stopping.set()
+        self.thread.join(30)
+        return self.result if not self.thread.is_alive() else {
+            "error": "the churn thread did not stop within 30 s"}
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def _fresh_after(port: int, last: dict | None, timeout: float) -> float | None:
@@ -166,7 +198,7 @@ def measure(services: int, args, tmp: Path, *, rates: list[float], hot_count: in
                 if dnsmasq is not None:
                     out["runs"].append(_at_rest(dnsmasq, datafile, args, r, say))
                 for rate in rates:
-                    out["runs"].append(_one_rate(kdns, api.url, plan_file, rate, datafile, args, d, r, say))
+                    out["runs"].append(_one_rate(kdns, api, plan_file, rate, datafile, args, d, r, say))
     return out
 
 
@@ -182,11 +214,17 @@ def _at_rest(dnsmasq: Running, datafile: Path, args, round_no: int, say) -> dict
     return row
 
 
-def _one_rate(kdns: Running, url: str, plan_file: Path, rate: float, datafile: Path, args,
+def _one_rate(kdns: Running, api, plan_file: Path, rate: float, datafile: Path, args,
               d: Path, round_no: int, say) -> dict:
     seconds = SETTLE_S + args.warmup + args.duration + 2       # outlasts the runs; stopped after them
     row: dict = {"server": "kdns-api", "rate": rate, "round": round_no}
-    churn = Churn(url, plan_file, rate, seconds, d / "churn.log") if rate > 0 else None
+    url = api.url
+    churn = None
+    if rate > 0:
+        writer = getattr(args, "churn_writer", "http")
+        churn = (LocalChurn(api, plan_file, rate, seconds) if writer == "local"
+                 else Churn(url, plan_file, rate, seconds, d / "churn.log"))
+        row["writer"] = writer
     try:
         if churn:
             churn.__enter__()
