@@ -189,6 +189,21 @@ def add_source_args(p: argparse.ArgumentParser, *, watch: bool = True) -> None:
                               "(default 90; bookmarks keep healthy watches talking)")
 
 
+def add_answer_args(p: argparse.ArgumentParser) -> None:
+    """What shapes the cluster's answers: one definition for `serve` and for `explain`, which
+    must build the very snapshot serve would."""
+    p.add_argument("--domain", default="cluster.local", help="cluster domain (default cluster.local)")
+    p.add_argument("--ttl", type=int, default=5, help="TTL of cluster records, 0-3600 (default 5)")
+    p.add_argument("--pods", default="insecure", choices=["disabled", "insecure", "verified"],
+                   help="pod records <a-b-c-d>.<ns>.pod.<zone> (default insecure, as kubeadm)")
+    p.add_argument("--endpoint-pod-names", action="store_true",
+                   help="name endpoints without a hostname by their pod name, not their dashed IP")
+    p.add_argument("--publish-not-ready", action="store_true",
+                   help="also publish not-ready endpoints of Services with publishNotReadyAddresses")
+    p.add_argument("--pod-ip", default="", metavar="IP",
+                   help="this server's pod IP: the Service whose endpoints hold it is the apex NS")
+
+
 def _nodes(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 5000:
         raise argparse.ArgumentTypeError(f"{text!r}: must be 1-5000 nodes")

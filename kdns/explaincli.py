@@ -17,8 +17,8 @@ from typing import Any
 
 from kdns import answer as ans
 from kdns import dnsclient, explain, searchwalk
-from kdns.config import (Config, ConfigError, add_source_args, normalize_zone, parse_hostport,
-                         uses_api)
+from kdns.config import (Config, ConfigError, add_answer_args, add_source_args, normalize_zone,
+                         parse_hostport, uses_api)
 from kdns.sources import manifests, workloads
 
 
@@ -37,13 +37,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="A (default), AAAA, SRV, PTR, CNAME, TXT, SOA, NS, MX, ANY; "
                         "with --from/--pod and no TYPE: A and AAAA, as getaddrinfo asks")
     add_source_args(p, watch=False)
-    p.add_argument("--domain", default="cluster.local", help="cluster domain (as kdns serve)")
-    p.add_argument("--ttl", type=int, default=5, help="TTL of cluster records (as kdns serve)")
-    p.add_argument("--pods", default="insecure", choices=["disabled", "insecure", "verified"],
-                   help="pod records mode (as kdns serve)")
-    p.add_argument("--endpoint-pod-names", action="store_true", help="as kdns serve")
-    p.add_argument("--publish-not-ready", action="store_true", help="as kdns serve")
-    p.add_argument("--pod-ip", default="", metavar="IP", help="as kdns serve")
+    add_answer_args(p)                             # the same flags as kdns serve
     walk = p.add_argument_group("a pod's search walk")
     walk.add_argument("--from", dest="from_ns", metavar="NAMESPACE",
                       help="resolve NAME as a pod in NAMESPACE would: its search list, ndots:5")

@@ -9,6 +9,7 @@ Timestamps are UTC, RFC 3339 with milliseconds, so lines from several pods sort 
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -51,3 +52,13 @@ def setup(level: str = "info", fmt: str = "text", stream=None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
+
+
+def add_log_args(p: argparse.ArgumentParser, top: bool = False) -> None:
+    """--log-level and --log-format, before or after the subcommand (``kdns serve --log-level
+    debug`` and ``kdns --log-level debug serve`` are the same; the later one wins)."""
+    default = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
+    p.add_argument("--log-level", default=default("info"), choices=LEVELS,
+                   help="least severe level logged (default info)")
+    p.add_argument("--log-format", default=default("text"), choices=FORMATS,
+                   help="text: timestamp, [LEVEL], message; json: one object per line (default text)")

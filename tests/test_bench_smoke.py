@@ -283,3 +283,65 @@ def test_slowloris_report_runs_small(tmp_path):
     assert r["alive"] and r["opened"] == 10
     assert r["client_ok"] >= 1 and r["client_failed"] == 0
     assert "dripping connections" in slowloris.lines(r)
+
+
+def test_counting_off_variant_counts_no_hits_and_shipped_counts_each(tmp_path):
+    """The overhead report's two sides differ in exactly the hot path's counting: 5 identical
+    queries (1 miss, then 4 packet-cache hits) are 5 in kdns_dns_requests_total as shipped and
+    1 (the miss, counted on the miss path) with counting off; both answer the same."""
+    import re
+    import urllib.request
+
+    import dns.message
+    import dns.query
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from kdns.bench import ab, overhead
+
+    def requests_total(server) -> float:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            m = re.search(r"http on 127\.0\.0\.1:(\d+)", Path(server.log.name).read_text())
+            if m:
+                break
+            time.sleep(0.05)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{m.group(1)}/metrics", timeout=5).read().decode()
+        return sum(s.value for f in text_string_to_metric_families(body) for s in f.samples
+                   if s.name == "kdns_dns_requests_total" and s.labels["type"] == "A")
+
+    counts, answers = {}, {}
+    for name, module, extra in overhead.VARIANTS[:2]:
+        server = overhead.Server(name, module, extra, tmp_path)
+        try:
+            assert ab.ready(server.port, time.monotonic() + 30), Path(server.log.name).read_text()
+            before = requests_total(server)                   # ab.ready's own probe
+            for _ in range(5):
+                r = dns.query.udp(dns.message.make_query("nginx.default.svc.cluster.local.", "A"),
+                                  "127.0.0.1", port=server.port, timeout=2)
+            answers[name] = sorted(rr.to_text() for rr in r.answer)
+            counts[name] = requests_total(server) - before
+        finally:
+            server.stop()
+    assert counts == {"shipped": 5, "counting off": 1}
+    assert answers["shipped"] == answers["counting off"] != []
+
+
+def test_counting_off_refuses_a_loop_it_does_not_recognise():
+    from kdns.bench import nocount
+
+    with pytest.raises(nocount.Mismatch, match="listener.done"):
+        nocount.strip("def f():\n    start = perf_counter()\n    hit[1][hits] += 1\n",
+                      nocount.COUNTING["_udp_batch_loop"])
+    stripped = nocount.strip("def f():\n    start = perf_counter()   # why\n    hit[1][hits] += 1\n"
+                             "    listener.done(n, start)\n", nocount.COUNTING["_udp_batch_loop"])
+    assert stripped == "def f():\n    pass\n    pass\n    pass\n"
+
+
+def test_overhead_report_runs_small(tmp_path):
+    from kdns.bench import overhead
+
+    m = overhead.measure(1, 0.5, tmp_path, say=lambda _: None)
+    assert set(m["variants"]) == {"shipped", "counting off", "log-queries"}
+    assert all(v["qps"]["median"] > 0 and v["cpu_us"]["median"] > 0 for v in m["variants"].values())
+    text = overhead.lines(m)
+    assert "counting cost" in text and "log-queries cost" in text and "ns per hit" in text

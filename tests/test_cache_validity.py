@@ -423,3 +423,29 @@ def test_a_full_cache_admits_a_name_on_its_second_miss_and_keeps_its_hot_answers
         assert metrics(server)["kdns_cache_entries"] <= 4
     finally:
         server.stop()
+
+
+def test_a_dual_stack_headless_aaaa_answer_rotates_through_the_packet_cache(api, tmp_path):
+    """The AAAA RRset of a dual-stack headless Service (its IPv6 EndpointSlice) rotates as the
+    A one does: round robin, from the packet cache, each address first equally often."""
+    api.create(service("prod", "pg", "None", ports=[{"name": "pg", "port": 5432, "protocol": "TCP"}]))
+    api.create(endpointslice("prod", "pg-a", "pg", ["10.244.1.5", "10.244.2.5", "10.244.3.5"]))
+    v6 = ["fd00:10:244:1::5", "fd00:10:244:2::5", "fd00:10:244:3::5"]
+    api.create(endpointslice("prod", "pg-v6", "pg", v6, address_type="IPv6"))
+    server = Kdns("--kubeconfig", api.kubeconfig(tmp_path / "kubeconfig"), "--api-timeout", "1",
+                  "--http", "127.0.0.1:0")
+    try:
+        server.http = int(re.search(r"http on 127\.0\.0\.1:(\d+)", server.log()).group(1))
+        assert wait_for(lambda: len(server.query(PG, "AAAA").answer) == 1, WAIT), server.log()
+        h, m = hits(server)
+        firsts: dict[str, int] = {}
+        for _ in range(30):
+            resp = server.query(PG, "AAAA")
+            ips = [rd.address for rrset in resp.answer for rd in rrset]
+            assert sorted(ips) == v6 and resp.rcode() == dns.rcode.NOERROR
+            firsts[ips[0]] = firsts.get(ips[0], 0) + 1
+        assert firsts == {ip: 10 for ip in v6}
+        h2, m2 = hits(server)
+        assert (h2 - h, m2 - m) == (30, 0)
+    finally:
+        server.stop()

@@ -374,9 +374,18 @@ def corefile_docs() -> list[dict]:
 
 
 def test_corefile_variant_differs_only_in_how_kdns_is_configured(docs, corefile_docs):
-    # The PodDisruptionBudget selects kdns.yaml's pods (k8s-app: kdns), which run beside CoreDNS.
+    # Beside CoreDNS as kdns.yaml is: the same objects and names, the same pod labels (not
+    # CoreDNS's k8s-app: kube-dns), its own Service, never kube-dns (tests/test_migration.py
+    # walks the switch).
     assert [d for d in corefile_docs if d["kind"] not in ("Deployment", "Service")] == \
-        [d for d in docs if d["kind"] not in ("Deployment", "Service", "PodDisruptionBudget")]
+        [d for d in docs if d["kind"] not in ("Deployment", "Service")]
+    assert [(d["kind"], d["metadata"]["name"]) for d in corefile_docs] == \
+        [(d["kind"], d["metadata"]["name"]) for d in docs]
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    deployment = one(corefile_docs, "Deployment")
+    assert deployment["spec"]["template"]["metadata"]["labels"] == pod_labels
+    assert deployment["spec"]["selector"] == one(docs, "Deployment")["spec"]["selector"]
+    assert one(corefile_docs, "Service", "kdns")["spec"]["selector"] == one(docs, "Service", "kdns")["spec"]["selector"]
     problems: list[str] = []
     for doc in corefile_docs:
         _check(doc, _model(doc["kind"], doc["apiVersion"]).__name__, doc["kind"], problems)

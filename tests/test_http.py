@@ -271,3 +271,23 @@ def test_forwards_are_counted_by_upstream_and_result():
     finally:
         server.stop()
         upstream.close()
+
+
+def test_failed_health_probes_of_a_down_upstream_are_counted():
+    """An upstream that never answers: the query times out (SERVFAIL), the upstream is marked
+    down, and each failed health probe of it counts in kdns_forward_healthcheck_failures_total
+    (CoreDNS forward's coredns_forward_healthcheck_failures_total)."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)     # bound, never answers
+    silent.bind(("127.0.0.1", 0))
+    dead = f"127.0.0.1:{silent.getsockname()[1]}"
+    server = Kdns("--http", "127.0.0.1:0", "--reload", "0", "--upstream", dead)
+    try:
+        port = http_port(server)
+        assert value(scrape(port), "kdns_forward_healthcheck_failures_total", to=dead) == 0
+        assert server.query("www.example.com.", timeout=5).rcode() == dns.rcode.SERVFAIL
+        assert wait_for(lambda: value(scrape(port), "kdns_forward_healthcheck_failures_total", to=dead) >= 2,
+                        20), server.log()
+        assert value(scrape(port), "kdns_forward_upstream_healthy", to=dead) == 0
+    finally:
+        server.stop()
+        silent.close()

@@ -32,13 +32,13 @@ HOT = ["webapp.default.svc.cluster.local A", "nginx.default.svc.cluster.local A"
        "nope.default.svc.cluster.local A", "webapp.default.svc.cluster.local AAAA"]
 
 
-def _port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _ready(port: int, deadline: float) -> bool:
+def ready(port: int, deadline: float) -> bool:
     q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x06webapp\x07default\x03svc\x07cluster\x05local\x00\x00\x01\x00\x01"
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(0.2)
@@ -61,13 +61,13 @@ def _cpu_seconds(pid: int) -> float:
 def one_run(checkout: Path, extra: list[str], datafile: Path, duration: float, qps: int = 0) -> float:
     """QPS of one run; with ``qps`` (a fixed rate dnsperf keeps up), microseconds of kdns CPU per
     answered query instead, which a shared machine disturbs far less than peak QPS."""
-    port = _port()
+    port = free_port()
     argv = [sys.executable, "-m", "kdns", "serve", "--listen", f"127.0.0.1:{port}", "--resolv-conf", "",
             "--lameduck", "0", "--reload", "0", *extra]
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(argv, cwd=checkout, stdout=out, stderr=subprocess.STDOUT)
         try:
-            if not _ready(port, time.monotonic() + 30):
+            if not ready(port, time.monotonic() + 30):
                 out.seek(0)
                 raise RuntimeError(f"{checkout} did not answer: {out.read()[-500:]!r}")
             dnsperf.run(port, datafile, 1.0)                       # warm the packet cache

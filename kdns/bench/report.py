@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import sys
 from pathlib import Path
 
 from kdns.bench.workloads import DESCRIPTIONS
@@ -21,6 +22,11 @@ TARGETS = (
 )
 # Issue 10: CPU per query of a computed answer against one from the packet cache.
 MISS_OVER_HIT_MAX = 3.0
+def say(text: str) -> None:
+    """A progress line, on stderr so that stdout is the report alone."""
+    print(text, file=sys.stderr, flush=True)
+
+
 # CoreDNS's published sizing: MB ~= (pods + services) / 1000 + 54.
 def coredns_mb(services: int, pods: int) -> float:
     return (pods + services) / 1000 + 54
