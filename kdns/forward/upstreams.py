@@ -92,8 +92,8 @@ def choose_upstreams(explicit: Sequence[tuple[str, int]], resolv_conf: str,
     if own and not chosen:
         raise ForwardConfigError(
             f"{source}: every upstream ({', '.join(_fmt(*u) for u in own)}) is kdns's own listen "
-            f"address, which would be a forwarding loop; give a real resolver with {flag} "
-            f"{'ZONE=' if flag != '--upstream' else ''}HOST[:PORT]")
+            "address, which would be a forwarding loop; give a real resolver with "
+            + ("--upstream HOST[:PORT]" if flag == "--upstream" else f"{flag}=HOST[:PORT]"))
     return chosen
 
 
