@@ -13,15 +13,17 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
-from collections import defaultdict, deque
-from dataclasses import dataclass, field
-from typing import Iterator, Mapping, NamedTuple
+from collections import deque
+from dataclasses import dataclass
+from typing import Mapping
 
-from kdns import names
 from kdns.layered import LayeredMap
 from kdns.config import Config
 from kdns.objects import Cluster, EndpointSlice, Namespace, Pod, Service
-
+# The records of one Service (kdns.records); Node, ENT, SRVSet and endpoint_srv are read by the
+# answer engine from here, as before the split.
+from kdns.records import (ENT, Node, ServiceRecords, SRVSet, _endpoint_name, _ptr_map,  # noqa: F401
+                          compile_service, endpoint_srv)
 
 
 # What an answer can depend on, as the Store names its changes (Holder.changes) and the answer
@@ -35,43 +37,6 @@ SERIAL = "@serial"
 # a tuple, so it cannot collide with the strings above nor with a Service key (namespace, name),
 # whose namespace is a DNS label.
 HOSTS = "@hosts"
-
-
-class SRVSet(NamedTuple):
-    """SRV answers at one name, with their additional A/AAAA, per dns-behavior.md §3.2/§3.3."""
-    records: tuple[tuple[int, int, int, str], ...]   # (priority, weight, port, target relative to zone)
-    additional: tuple[tuple[str, str], ...]          # (owner relative to zone, ip)
-
-
-class Node(NamedTuple):
-    """One existing name. An empty Node is an empty non-terminal (NODATA for every type)."""
-    addrs: tuple[str, ...] = ()    # canonical IPs: A for v4, AAAA for v6
-    srv: SRVSet | None = None
-    cname: str = ""                # ExternalName target, absolute, lower case, no trailing dot
-    # Endpoint names keep only their slice ports: their SRV (rarely asked) is made on demand,
-    # which saves a precomputed SRVSet per endpoint (~0.3 KB x every endpoint of the cluster).
-    ports: tuple[int, ...] = ()
-
-
-ENT = Node()
-
-
-@dataclass(frozen=True, slots=True, eq=True)
-class ServiceRecords:
-    """Every name one Service owns, relative to <svc>.<ns>.svc.<zone>."""
-    node: Node | None                                   # the service name itself; None = NXDOMAIN
-    ports: Mapping[tuple[str, str], Node] = field(default_factory=dict)      # (port name, proto) lower -> SRV node
-    endpoints: Mapping[str, Node] = field(default_factory=dict)              # endpoint name -> node
-    # PTR sources as parallel tuples (not a 3-tuple per endpoint: ~6 MB at 100k endpoints): the
-    # first ``cluster_ptrs`` are the cluster IPs, the rest endpoint addresses.
-    ptr_ips: tuple[str, ...] = ()
-    ptr_targets: tuple[str, ...] = ()                   # relative to the zone
-    cluster_ptrs: int = 0
-
-    def ptrs(self) -> Iterator[tuple[str, str, bool]]:
-        """(ip, target relative to zone, is a cluster IP) for every PTR this Service gives."""
-        for n, (ip, target) in enumerate(zip(self.ptr_ips, self.ptr_targets)):
-            yield ip, target, n < self.cluster_ptrs
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,124 +53,6 @@ class Snapshot:
     hosts: object = None                                # kdns.hosts.Hosts (--hosts), answered first
 
 
-def _weight(items: int) -> int:
-    """CoreDNS backend_lookup.go SRV(): weight = floor(100 / N), N counted before de-duplication."""
-    return max(1, 100 // items) if items else 0
-
-
-def _srv_set(items: list[tuple[int, str, str]]) -> SRVSet | None:
-    """items: (port, target rel, address) before de-duplication -> deduplicated SRVSet."""
-    items = [i for i in items if i[0] > 0]          # port -1 is the "no ports" sentinel
-    if not items:
-        return None
-    weight = _weight(len(items))
-    records: dict[tuple[str, int], tuple[int, int, int, str]] = {}
-    extra: dict[tuple[str, str], None] = {}
-    for port, target, ip in items:
-        records.setdefault((target, port), (0, weight, port, target))
-        extra[(target, ip)] = None
-    return SRVSet(tuple(records.values()), tuple(extra))
-
-
-def _endpoint_name(ep, ip: str, pod_names: bool) -> str:
-    """dns-behavior.md §2.3: hostname, else (with endpoint_pod_names) the pod name, else dashed IP."""
-    if ep.hostname:
-        return ep.hostname
-    if pod_names and ep.pod_name:
-        return ep.pod_name
-    return names.dashed(ip)
-
-
-def compile_service(svc: Service, slices: list[EndpointSlice], config: Config) -> ServiceRecords:
-    base = f"{svc.name}.{svc.namespace}.svc"
-    if svc.external:
-        try:
-            ipaddress.ip_address(svc.external_name)
-            return ServiceRecords(None)                 # an IP is not a name: no record (§3.5)
-        except ValueError:
-            return ServiceRecords(Node(cname=svc.external_name))
-
-    # Published endpoints: ready (or unknown) addresses of every IP slice, in slice order.
-    if config.noendpoints:
-        slices = []                                  # CoreDNS noendpoints: no endpoint records
-    published: list[tuple[str, str, EndpointSlice]] = []          # (endpoint name, ip, slice)
-    seen: set[tuple[str, str]] = set()
-    one_address: dict[str, tuple[str]] = {}             # endpoint name -> its Endpoint's 1-tuple
-    for sl in slices:
-        if sl.address_type == "FQDN":
-            continue                                     # deprecated; CoreDNS ignores them
-        for ep in sl.endpoints:
-            if not (ep.ready or (svc.publish_not_ready and config.publish_not_ready)):
-                continue
-            for ip in ep.addresses:
-                name = _endpoint_name(ep, ip, config.endpoint_pod_names)
-                published.append((name, ip, sl))
-                if len(ep.addresses) == 1:
-                    one_address.setdefault(name, ep.addresses)
-
-    if config.ignore_empty_service and not published and not svc.headless:
-        # CoreDNS ignore empty_service: NXDOMAIN for the name; its cluster IPs still have PTRs.
-        addrs = svc.addresses
-        return ServiceRecords(None, ptr_ips=addrs, ptr_targets=(base,) * len(addrs),
-                              cluster_ptrs=len(addrs))
-
-    ep_addrs: dict[str, dict[str, None]] = defaultdict(dict)
-    ep_ports: dict[str, dict[int, None]] = defaultdict(dict)
-    targets: dict[str, str] = {}                  # endpoint name -> its name relative to the zone
-    for epname, ip, sl in published:
-        ep_addrs[epname][ip] = None
-        if epname not in targets:
-            targets[epname] = f"{epname}.{base}"
-        for port in sl.ports or ():
-            if port.port > 0:
-                ep_ports[epname][port.port] = None
-    shared: dict[tuple[int, ...], tuple[int, ...]] = {}   # one ports tuple for all alike endpoints
-    endpoints = {}
-    for n, a in ep_addrs.items():
-        numbers = tuple(ep_ports[n])
-        addrs = tuple(a)
-        # One address from one Endpoint (the common case): share that Endpoint's own tuple.
-        endpoints[n] = Node(one_address.get(n, addrs) if len(addrs) == 1 else addrs,
-                            ports=shared.setdefault(numbers, numbers))
-    ptr_ips, ptr_targets = [], []
-    for epname, ip, _ in published:
-        if (epname, ip) not in seen:
-            seen.add((epname, ip))
-            ptr_ips.append(ip)
-            ptr_targets.append(targets[epname])
-
-    ports: dict[tuple[str, str], list[tuple[int, str, str]]] = defaultdict(list)
-    bare: list[tuple[int, str, str]] = []
-    if svc.headless:
-        if not published:
-            return ServiceRecords(None)                  # no ready address: NXDOMAIN (SPEC §2.4.1)
-        addrs = tuple(dict.fromkeys(ip for _, ip, _ in published))
-        for epname, ip, sl in published:
-            target = targets[epname]
-            for port in sl.ports or ():
-                item = (port.port, target, ip)
-                bare.append(item)
-                if port.name:
-                    ports[(port.name, port.protocol.lower())].append(item)
-    else:
-        addrs = svc.addresses
-        for port in svc.ports:
-            for ip in addrs:
-                item = (port.port, base, ip)
-                bare.append(item)
-                if port.name:
-                    ports[(port.name, port.protocol.lower())].append(item)
-        ptr_ips, ptr_targets = list(addrs) + ptr_ips, [base] * len(addrs) + ptr_targets
-    port_nodes = {k: Node(srv=s) for k, s in ((k, _srv_set(v)) for k, v in ports.items()) if s}
-    return ServiceRecords(Node(addrs, _srv_set(bare)), port_nodes, endpoints, tuple(ptr_ips),
-                          tuple(ptr_targets), 0 if svc.headless else len(addrs))
-
-
-def endpoint_srv(node: Node, target: str) -> SRVSet | None:
-    """SRV at an endpoint name: its slice ports x its addresses, target the endpoint itself."""
-    return _srv_set([(port, target, ip) for ip in node.addrs for port in node.ports])
-
-
 class Store:
     """The writer side: objects in, Snapshots out. Implements the sources' Sink protocol.
 
@@ -214,10 +61,20 @@ class Store:
     (LayeredMap deltas), so its cost does not grow with the cluster.
     """
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, coalesce: float = 0.0):
         self.config = config
         self.cluster = Cluster()
         self._lock = threading.Lock()
+        # ``apply`` calls closer together than ``coalesce`` seconds share one publish: the
+        # first after a quiet spell publishes at once, the rest of a burst at most once per
+        # window (a thread of our own does it). A publish costs more than the event it shows
+        # (new maps' deltas, a Snapshot, the packet cache's invalidation): at 1,000 events/s
+        # a publish per event kept the watch thread busy and fell seconds behind the stream.
+        self.coalesce = coalesce
+        self._pending = False
+        self._last_publish = 0.0
+        self._wake = threading.Condition(self._lock)
+        self._flusher: threading.Thread | None = None
         self._slices_by_service: dict[tuple[str, str], dict[str, EndpointSlice]] = {}
         self._records: dict[tuple[str, str], ServiceRecords] = {}
         # ip -> the Service (key) with a PTR for it, or a tuple of them (see _owners)
@@ -248,7 +105,7 @@ class Store:
             self._compile_all()
             # Everything changed: the changes are the new base (the writer keeps no other copy).
             self._pub_records = LayeredMap(dict(self._records))
-            self._pub_ptr = LayeredMap({ip: t for ip, t in self._changed_ptr.items() if t is not None})
+            self._pub_ptr = LayeredMap(self._changed_ptr)      # _compile_all's: no None in it
             self._changed_records, self._changed_ptr = {}, {}
             self._synced = synced
             self._pods = self._ns = None
@@ -258,7 +115,28 @@ class Store:
     def apply(self, op: str, obj) -> None:
         with self._lock:
             self._apply(op, obj)
-            self._publish()
+            if self.coalesce <= 0 or (not self._pending and
+                                      time.monotonic() - self._last_publish >= self.coalesce):
+                self._publish()
+                return
+            self._pending = True
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_loop, name="kdns-publish",
+                                                 daemon=True)
+                self._flusher.start()
+            self._wake.notify()
+
+    def _flush_loop(self) -> None:
+        """Publishes what ``apply`` left pending, once its window since the last publish ends."""
+        with self._lock:
+            while True:
+                while not self._pending:
+                    self._wake.wait()
+                wait = self._last_publish + self.coalesce - time.monotonic()
+                if wait > 0:
+                    self._wake.wait(wait)
+                    continue
+                self._publish()
 
     def set_hosts(self, hosts) -> None:
         """Publish new hosts-file data (kdns.hosts.Hosts, or None): only the answers for names
@@ -326,10 +204,23 @@ class Store:
         owners: dict = {}
         first_cluster: dict[str, str] = {}           # ip -> the first Service's cluster-IP PTR
         endpoint: dict = {}                          # ip -> target, or dict of targets in order
+        several: list[str] = []                      # the ips of ``endpoint`` holding a dict
         for key in sorted(records):                  # owners in sorted order, as _recompile keeps them
             rec = records[key]
-            cluster_ptrs = rec.cluster_ptrs
-            for n, (ip, target) in enumerate(zip(rec.ptr_ips, rec.ptr_targets)):
+            ips, targets, cluster_ptrs = rec.ptr_ips, rec.ptr_targets, rec.cluster_ptrs
+            fresh = dict.fromkeys(ips, key)
+            if len(fresh) == len(ips) and owners.keys().isdisjoint(fresh):
+                # The common case: IPs no Service had yet, each once. Whole-tuple dict updates
+                # in C instead of a Python step per PTR (110,000 of them in a cold start).
+                owners.update(fresh)
+                if cluster_ptrs:
+                    for n in range(cluster_ptrs):
+                        first_cluster.setdefault(ips[n], targets[n])
+                    endpoint.update(zip(ips[cluster_ptrs:], targets[cluster_ptrs:]))
+                else:
+                    endpoint.update(zip(ips, targets))
+                continue
+            for n, (ip, target) in enumerate(zip(ips, targets)):
                 had = owners.get(ip)
                 if had is None:
                     owners[ip] = key
@@ -347,12 +238,14 @@ class Store:
                 elif type(seen) is str:
                     if seen != target:
                         endpoint[ip] = {seen: None, target: None}
+                        several.append(ip)
                 else:
                     seen[target] = None
         self._ptr_owners = owners
-        ptr = {ip: t if type(t) is str else tuple(t) for ip, t in endpoint.items()}
-        ptr.update(first_cluster)                    # §3.6: a cluster IP's PTR wins
-        self._changed_ptr = ptr
+        for ip in several:
+            endpoint[ip] = tuple(endpoint[ip])
+        endpoint.update(first_cluster)               # §3.6: a cluster IP's PTR wins
+        self._changed_ptr = endpoint
 
     def _recompile(self, key: tuple[str, str]) -> None:
         old = self._records.pop(key, None)
@@ -464,6 +357,8 @@ class Store:
                 deps.add(APEX_NS)
             deps = frozenset(deps)
         self._deps = set()
+        self._pending = False
+        self._last_publish = time.monotonic()
         self.holder.publish(snap, prev.version, deps)
 
     def _snapshot(self) -> Snapshot:
@@ -495,18 +390,6 @@ def _hosts_changes(old, new) -> set[str]:
 
 def _slice_name(sl: EndpointSlice) -> str:
     return sl.name
-
-
-def _ptr_map(rec: ServiceRecords | None) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
-    """ip -> (cluster-IP targets, endpoint targets) of one Service's PTRs, in order."""
-    out: dict[str, tuple[list, list]] = {}
-    if rec is not None:
-        for ip, target, is_cluster in rec.ptrs():
-            entry = out.get(ip)
-            if entry is None:
-                entry = out[ip] = ([], [])
-            entry[0 if is_cluster else 1].append(target)
-    return {ip: (tuple(c), tuple(e)) for ip, (c, e) in out.items()}
 
 
 class Holder:

@@ -18,7 +18,7 @@ import pytest
 from fakeapi import FakeAPI, endpointslice, namespace, pod, service
 from kdns import objects
 from kdns.objects import Cluster, Endpoint, EndpointSlice, Namespace, Pod, Service, ServicePort
-from kdns.sources import cluster
+from kdns.sources import cluster, kubeauth
 from kdns.sources.cluster import ClusterError, ClusterSource, Store, Timeouts
 
 FAST = Timeouts(connect=2.0, read=1.0, list_read=5.0, watch=30.0, relist_after=300.0,
@@ -550,7 +550,7 @@ def test_in_cluster_service_account_over_tls(tmp_path, monkeypatch):
         sa.mkdir()
         (sa / "token").write_text("sa-token")
         (sa / "ca.crt").write_text(open(api.ca_file).read())
-        monkeypatch.setattr(cluster, "SERVICE_ACCOUNT_DIR", str(sa))
+        monkeypatch.setattr(kubeauth, "SERVICE_ACCOUNT_DIR", str(sa))   # where the loader reads it
         monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
         monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(api.port))
         got = cluster.list_cluster(in_cluster=True)
@@ -662,3 +662,19 @@ def test_a_watch_that_ends_at_once_is_not_spun_on(api, run):
     time.sleep(1.0)
     # Backing off (0.05 s doubling to 0.2 s), a second holds a handful of retries, not hundreds.
     assert len(watches(api, "services")) - n < 30
+
+
+def test_the_kubernetes_parts_imported_on_use_are_the_real_ones():
+    """kdns.sources.kubeimport: kube_config's ApiClient, OAuth2Session and oauthlib (OIDC
+    refresh only) import when used, and are then the client's own classes."""
+    import sys
+    from kubernetes.client.configuration import Configuration
+    from kubernetes.config import kube_config
+    client = kube_config.ApiClient(configuration=Configuration())
+    assert type(client).__module__ == "kubernetes.client.api_client"
+    session = kube_config.OAuth2Session(client_id="kdns")
+    assert type(session).__module__ == "requests_oauthlib.oauth2_session"
+    assert kube_config.oauthlib.oauth2.rfc6749.errors.InvalidClientIdError.__module__ == \
+        "oauthlib.oauth2.rfc6749.errors"
+    assert type(sys.modules["requests_oauthlib"]).__name__ == "module"
+    assert sys.modules["requests_oauthlib"].__file__.endswith("__init__.py")

@@ -154,7 +154,7 @@ def test_the_shortcut_answers_keep_exact_sections_ttls_and_case(fixed):
 
 
 @pytest.fixture(scope="module")
-def big(tmp_path_factory):
+def big_manifest(tmp_path_factory):
     """A headless Service of 40 endpoints: its A answer (40 x 16 bytes) overflows 512 bytes."""
     path = tmp_path_factory.mktemp("big") / "big.yaml"
     eps = [{"addresses": [f"10.244.9.{i}"], "conditions": {"ready": True}} for i in range(1, 41)]
@@ -166,9 +166,33 @@ def big(tmp_path_factory):
                           "labels": {"kubernetes.io/service-name": "hl"}},
              "addressType": "IPv4", "ports": [{"name": "http", "port": 80}], "endpoints": eps}]
     path.write_text(yaml.safe_dump_all(docs))
-    server = Kdns("--manifests", str(path), "--no-loadbalance")
+    return path
+
+
+@pytest.fixture(scope="module")
+def big(big_manifest):
+    server = Kdns("--manifests", str(big_manifest), "--no-loadbalance")
     yield server
     server.stop()
+
+
+def test_a_large_rotated_answer_cycles_through_every_record(big_manifest):
+    """40 records are too many to keep every rotation made (packetcache.ROTATIONS_MAX): each hit
+    slices the run instead, and still serves every address first once per 40 answers."""
+    server = Kdns("--manifests", str(big_manifest))
+    try:
+        wire = dns.message.make_query("hl.big.svc.cluster.local.", "A", use_edns=0,
+                                      payload=4096).to_wire()
+        want = sorted(f"10.244.9.{i}" for i in range(1, 41))
+        firsts = []
+        for _ in range(41):
+            r = dns.message.from_wire(udp(server, wire))
+            (rrset,) = r.answer
+            assert sorted(x.to_text() for x in rrset) == sorted(want) and rrset.ttl == 5
+            firsts.append(rrset[0].to_text())
+        assert sorted(firsts[:40]) == sorted(want) and firsts[40] == firsts[0]
+    finally:
+        server.stop()
 
 
 def test_an_answer_too_big_for_the_datagram_is_truncated_by_whole_records(big):

@@ -14,7 +14,7 @@ import pytest
 from kdns import answer as ans
 from kdns.config import Config
 from kdns.snapshot import Store
-from kdns.sources import manifests, reload
+from kdns.sources import manifests, parsefiles, reload
 
 
 def service(name: str, ip: str, ns: str = "shop") -> str:
@@ -163,7 +163,7 @@ def many_files(tmp_path):
 
 def test_worker_processes_load_the_same_cluster(many_files, monkeypatch, caplog):
     serial = manifests.load([many_files])
-    monkeypatch.setattr(manifests, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(parsefiles, "PARALLEL_BYTES", 0)
     caplog.set_level("INFO", logger="kdns.manifests")
     parallel = manifests.load([many_files])
     assert "parsing them here" not in caplog.text          # the workers did it
@@ -178,7 +178,7 @@ def test_worker_processes_report_problems_as_a_serial_load_does(many_files, monk
     (many_files / "f5.yaml").write_text("kind: Service\nmetadata: [oops\n")
     with pytest.raises(manifests.ManifestError) as serial:
         manifests.load([many_files])
-    monkeypatch.setattr(manifests, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(parsefiles, "PARALLEL_BYTES", 0)
     with pytest.raises(manifests.ManifestError) as parallel:
         manifests.load([many_files])
     assert parallel.value.problems == serial.value.problems

@@ -42,6 +42,17 @@ KUBE_DNS = {
              "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
                        {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
                        {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153}]}}
+# nodelocaldns.yaml's upstream Service (kubernetes/kubernetes cluster/addons/dns/nodelocaldns):
+# CoreDNS's pods, 53 to 53 by number, no metrics port.
+KUBE_DNS_UPSTREAM = {
+    "apiVersion": "v1", "kind": "Service",
+    "metadata": {"name": "kube-dns-upstream", "namespace": "kube-system",
+                 "labels": {"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true",
+                            "addonmanager.kubernetes.io/mode": "Reconcile",
+                            "kubernetes.io/name": "KubeDNSUpstream"}},
+    "spec": {"selector": {"k8s-app": "kube-dns"},
+             "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                       {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}}
 COREDNS = {
     "apiVersion": "apps/v1", "kind": "Deployment",
     "metadata": {"name": "coredns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
@@ -67,10 +78,11 @@ def migration_section() -> str:
     return text[start:text.index("\n## ", start + 1)]
 
 
-def doc_patches() -> list[list[str]]:
-    """The section's `kubectl ... patch service kube-dns` commands, in order, as argv."""
+def doc_patches(service: str = "kube-dns") -> list[list[str]]:
+    """The section's `kubectl ... patch service SERVICE` commands, in order, as argv."""
     lines = [ln.strip() for ln in migration_section().splitlines()]
-    return [shlex.split(ln) for ln in lines if ln.startswith("kubectl -n kube-system patch service kube-dns ")]
+    return [shlex.split(ln) for ln in lines
+            if ln.startswith(f"kubectl -n kube-system patch service {service} ")]
 
 
 @pytest.fixture
@@ -78,7 +90,7 @@ def cluster(tmp_path):
     if KUBECTL is None:
         pytest.fail("kubectl is needed: apt-get install kubectl (or kubernetes-client)")
     with FakeAPI() as api:
-        for obj in (KUBE_DNS, COREDNS, coredns_configmap()):
+        for obj in (KUBE_DNS, KUBE_DNS_UPSTREAM, COREDNS, coredns_configmap()):
             api.apply(copy.deepcopy(obj))
         config = api.kubeconfig(tmp_path / "kubeconfig")
 
@@ -122,11 +134,12 @@ def target(container: dict, service_port: dict) -> int | None:
     return None
 
 
-def dns_backends(kubectl) -> dict[str, set[tuple[int, str]]]:
-    """Deployment -> the (port, protocol) the kube-dns Service's port 53 reaches on its pods,
-    after asserting each of them listens there."""
-    svc = get(kubectl, "service/kube-dns")
-    assert svc["spec"]["clusterIP"] == "10.96.0.10"          # every kubelet's --cluster-dns
+def dns_backends(kubectl, service: str = "kube-dns") -> dict[str, set[tuple[int, str]]]:
+    """Deployment -> the (port, protocol) the Service's port 53 reaches on its pods, after
+    asserting each of them listens there."""
+    svc = get(kubectl, f"service/{service}")
+    if service == "kube-dns":
+        assert svc["spec"]["clusterIP"] == "10.96.0.10"      # every kubelet's --cluster-dns
     configmaps = {c["metadata"]["name"]: c for c in get(kubectl, "configmaps")["items"]}
     out = {}
     for dep in get(kubectl, "deployments")["items"]:
@@ -136,9 +149,9 @@ def dns_backends(kubectl) -> dict[str, set[tuple[int, str]]]:
         (container,) = dep["spec"]["template"]["spec"]["containers"]
         reached = {(target(container, p), p["protocol"]) for p in svc["spec"]["ports"] if p["port"] == 53}
         assert reached <= listens(container, configmaps), \
-            f"{dep['metadata']['name']}: kube-dns sends DNS to {reached}, it listens on {listens(container, configmaps)}"
+            f"{dep['metadata']['name']}: {service} sends DNS to {reached}, it listens on {listens(container, configmaps)}"
         out[dep["metadata"]["name"]] = reached
-    assert out, "kube-dns selects no DNS server: the cluster has no DNS"
+    assert out, f"{service} selects no DNS server: the cluster has no DNS"
     return out
 
 
@@ -211,3 +224,26 @@ def test_a_selector_switch_alone_would_have_left_the_cluster_without_dns(cluster
     run_doc_patch(kubectl, doc_patches()[1])
     with pytest.raises(AssertionError, match=r"kdns: kube-dns sends DNS to .*53.*it listens on .*1053"):
         dns_backends(kubectl)
+
+
+def test_nodelocal_s_upstream_is_switched_and_rolled_back_the_same_way(cluster):
+    """With NodeLocal DNSCache, node-local-dns reaches the cluster zone through
+    kube-dns-upstream (nodelocaldns.yaml's, 53 -> 53 by number): the doc's patches for it never
+    leave it without a DNS server listening where it sends queries."""
+    kubectl = cluster
+    kubectl("apply", "--validate=false", "-f", str(ROOT / "deploy" / "kdns.yaml"))
+    up = "kube-dns-upstream"
+    before = get(kubectl, f"service/{up}")
+    assert dns_backends(kubectl, up) == {"coredns": {(53, "UDP"), (53, "TCP")}}
+    patches = doc_patches(up)
+    assert [p[p.index("--type") + 1] for p in patches] == ["merge", "json", "json"]
+    name_ports, switch, roll_back = patches
+    run_doc_patch(kubectl, name_ports)
+    assert dns_backends(kubectl, up) == {"coredns": {(53, "UDP"), (53, "TCP")}}
+    run_doc_patch(kubectl, switch)
+    assert dns_backends(kubectl, up) == {"kdns": {(1053, "UDP"), (1053, "TCP")}}
+    run_doc_patch(kubectl, roll_back)
+    assert dns_backends(kubectl, up) == {"coredns": {(53, "UDP"), (53, "TCP")}}
+    after = get(kubectl, f"service/{up}")
+    assert after["spec"]["selector"] == before["spec"]["selector"]
+    assert after["spec"]["clusterIP"] == before["spec"]["clusterIP"]

@@ -115,6 +115,28 @@ def test_json_log_format_and_level_after_the_subcommand():
     assert "[INFO] kdns: allocated clusterIP" in out.stderr
 
 
+def test_text_log_lines_carry_a_timestamp_and_a_level():
+    """The default --log-format text: every line of kdns's own (not only query lines) starts
+    with an RFC 3339 UTC timestamp and its level, and --log-level after the subcommand holds."""
+    server = Kdns("--reload", "0", "--log-level", "debug")
+    try:
+        assert server.query(WEB).answer
+    finally:
+        server.stop()
+    lines = [line for line in server.log().splitlines() if line.strip()]
+    assert lines
+    shape = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \[(DEBUG|INFO|WARNING|ERROR)\] kdns[\w.]*: ")
+    assert all(shape.match(line) for line in lines), [l for l in lines if not shape.match(l)]
+    assert any(" [INFO] kdns: listening on 127.0.0.1:" in line for line in lines)
+    quiet = Kdns("--reload", "0", "--log-level", "warning", wait=False)   # no "listening" line
+    try:
+        assert wait_for(lambda: "[WARNING] kdns: no upstream resolvers" in quiet.log()), quiet.log()
+    finally:
+        quiet.stop()
+    assert quiet.log().strip() and " [INFO] " not in quiet.log()
+    assert all(shape.match(line) for line in quiet.log().splitlines() if line.strip())
+
+
 # ---------------------------------------------------------------- newcomer friction
 
 def test_unbracketed_ipv6_with_a_port_gets_a_hint():

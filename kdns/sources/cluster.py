@@ -1,6 +1,7 @@
 """The live cluster source: list + watch the Kubernetes API -> kdns objects -> a Sink.
 
-The only module that imports ``kubernetes``. One small reflector per watched kind (Services,
+With kdns.sources.apiread (list pages, watch lines) and kdns.sources.kubeauth (configuration),
+the only modules that import ``kubernetes``. One small reflector per watched kind (Services,
 EndpointSlices, Namespaces, and Pods for ``--pods verified``), each in its own thread:
 
     list (paged: limit/continue)  ->  watch from the list's resourceVersion  ->  watch again
@@ -25,404 +26,32 @@ has been listed, ``apply(op, obj)`` per later event, and ``reset`` again after a
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 import threading
 import time
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
-import urllib3
-import yaml
-from kubernetes import client
-from kubernetes import config as kube_config
+from kdns.sources import kubeimport  # noqa: F401, I001 - first: see there
+from kubernetes.client.configuration import Configuration
 from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
 
-from kdns import metrics, objects
-from kdns.objects import SERVICE_NAME_LABEL, Cluster, FieldError, short_str
-from kdns.sources import Object, Sink, decode, programming
+from kdns import metrics
+from kdns.objects import Cluster
+from kdns.sources import Sink, decode, programming
+# The parts, by job: where the API is and who we are (kubeauth), the kinds, store and pure
+# event step (clusterstore), list pages, watch lines and errors (apiread). Their names are
+# re-exported: the CLI and the tests use them from here.
+from kdns.sources.apiread import (MAX_LINE, RETRYABLE, ApiClient, Backoff, LineTooLong, SinkError,  # noqa: F401
+                                  _advice, _lines, _list, _reason, describe_error, lister,
+                                  retry_after)
+from kdns.sources.clusterstore import (KINDS, BadEvent, Expired, Kind, Store,  # noqa: F401
+                                       StreamError, kinds_for, parse_items, step)
+from kdns.sources.kubeauth import (DEFAULT_KUBECONFIG, SERVICE_ACCOUNT_DIR,  # noqa: F401
+                                   ClusterError, load_configuration)
 
 log = logging.getLogger("kdns.cluster")
-
-DEFAULT_KUBECONFIG = "~/.kube/config"
-# Where the kubelet mounts a pod's service account token and the cluster CA.
-SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-
-
-class ClusterError(Exception):
-    """A problem reaching or reading the API, worded for the user (no traceback)."""
-
-
-# --------------------------------------------------------------------------- kinds
-
-@dataclass(frozen=True)
-class Kind:
-    resource: str                                  # plural, as the API names it
-    kind: str                                      # for messages
-    parse: Callable[[Mapping[str, Any]], Any]      # objects.*_from_dict
-    table: str                                     # attribute of Cluster
-    path: str                                      # the collection, all namespaces
-    label_selector: str | None = None
-    namespaced: bool = True
-
-    def key(self, meta: Mapping[str, Any]) -> Any:
-        name = meta.get("name") or ""
-        if not self.namespaced:
-            return name
-        return (meta.get("namespace") or "default", name)
-
-    def describe(self, raw: Any) -> str:
-        meta = raw.get("metadata") if isinstance(raw, Mapping) else None
-        meta = meta if isinstance(meta, Mapping) else {}
-        name = short_str(meta.get("name") or "?")
-        if self.namespaced:
-            return f"{self.kind} {short_str(meta.get('namespace') or '?')}/{name}"
-        return f"{self.kind} {name}"
-
-
-KINDS: dict[str, Kind] = {k.resource: k for k in (
-    Kind("services", "Service", objects.service_from_dict, "services", "/api/v1/services"),
-    Kind("endpointslices", "EndpointSlice", objects.endpointslice_from_dict, "slices",
-         "/apis/discovery.k8s.io/v1/endpointslices", label_selector=SERVICE_NAME_LABEL),
-    Kind("namespaces", "Namespace", objects.namespace_from_dict, "namespaces", "/api/v1/namespaces",
-         namespaced=False),
-    Kind("pods", "Pod", objects.pod_from_dict, "pods", "/api/v1/pods"),
-)}
-
-# The list/watch query parameters we send, by the python names the generated list_* methods use.
-QUERY = {"limit": "limit", "_continue": "continue", "label_selector": "labelSelector",
-         "watch": "watch", "resource_version": "resourceVersion",
-         "allow_watch_bookmarks": "allowWatchBookmarks", "timeout_seconds": "timeoutSeconds"}
-
-
-def lister(api: client.ApiClient, kind: Kind) -> Callable[..., Any]:
-    """``kind``'s list (and, with watch=True, watch) call: what CoreV1Api's and DiscoveryV1Api's
-    list_*_for_all_namespaces do with _preload_content=False (the raw urllib3 response; an
-    ApiException for a non-2xx status), through ApiClient's public param_serialize/call_api.
-    Not those classes themselves: importing the generated CoreV1Api costs ~21 MB of RSS for
-    code objects kdns never runs (measured on kubernetes 37), an eighth of a 10k-service zone."""
-    def call(*, _preload_content: bool = False, _request_timeout=None, **params: Any) -> Any:
-        query = [(QUERY[k], v) for k, v in params.items() if v is not None]
-        request = api.param_serialize("GET", kind.path, query_params=query,
-                                      header_params={"Accept": "application/json"},
-                                      auth_settings=["BearerToken"])
-        resp = api.call_api(*request, _request_timeout=_request_timeout)
-        if not 200 <= resp.status <= 299:
-            resp.read()
-            raise ApiException.from_response(http_resp=resp, body=None, data=None)
-        return resp.response
-    return call
-
-
-def kinds_for(pods: bool, labels: str | None = None, endpoints: bool = True) -> list[Kind]:
-    """The kinds to list and watch: ``labels`` (--labels) selects Services in the API itself;
-    without ``endpoints`` (--noendpoints) no EndpointSlice is watched, as CoreDNS."""
-    names = ["services"] + (["endpointslices"] if endpoints else []) + ["namespaces"] \
-        + (["pods"] if pods else [])
-    kinds = [KINDS[n] for n in names]
-    if labels:
-        kinds[0] = replace(kinds[0], label_selector=labels)
-    return kinds
-
-
-# --------------------------------------------------------------------------- the store (pure)
-
-class Store:
-    """What the source knows: one table per kind, as the sink was (or will be) told.
-
-    ``apply`` is the step the watch loop repeats; it is pure (no I/O) so that it can be tested
-    with scripted events.
-    """
-
-    def __init__(self) -> None:
-        self.cluster = Cluster()
-
-    def table(self, kind: Kind) -> dict:
-        return getattr(self.cluster, kind.table)
-
-    def replace(self, kind: Kind, items: dict) -> None:
-        setattr(self.cluster, kind.table, items)
-
-    def snapshot(self) -> Cluster:
-        """A copy the sink may keep: the dicts are new, the objects are frozen and shared."""
-        c = self.cluster
-        return Cluster(dict(c.services), dict(c.slices), dict(c.namespaces), dict(c.pods))
-
-    def apply(self, kind: Kind, op: str, raw: Mapping[str, Any]) -> tuple[str, Object] | None:
-        """One ADDED/MODIFIED/DELETED event -> the (op, object) to tell the sink, or None.
-
-        An object that no longer parses is dropped rather than kept at its old state: a relist
-        would skip it too, and the source must converge to the same answer either way.
-        """
-        meta = raw.get("metadata") if isinstance(raw, Mapping) else None
-        if not isinstance(meta, Mapping) or not meta.get("name"):
-            log.warning("skipping a %s event from the API without metadata.name", kind.kind)
-            return None
-        for what in ("name", "namespace"):
-            value = meta.get(what)
-            if value is not None and not isinstance(value, str):
-                # Not a key we could store or delete by (a list is not even hashable): an
-                # object kdns cannot use, skipped like any other, never a TypeError + relist.
-                log.warning("skipping a %s event from the API: field metadata.%s: must be a string, "
-                            "got %s", kind.kind, what, type(value).__name__)
-                return None
-        key = kind.key(meta)
-        table = self.table(kind)
-        if op == "DELETED":
-            old = table.pop(key, None)
-            return ("DELETED", old) if old is not None else None
-        try:
-            obj = kind.parse(raw)
-        except FieldError as exc:
-            log.warning("skipping %s from the API: field %s: %s", kind.describe(raw), exc.path, exc.message)
-            old = table.pop(key, None)
-            return ("DELETED", old) if old is not None else None
-        old = table.get(key)
-        if old == obj:
-            return None                  # nothing DNS can see changed (status, annotations...)
-        table[key] = obj
-        return ("MODIFIED" if old is not None else "ADDED", obj)
-
-
-class BadEvent(ValueError):
-    """A watch line that is not a watch event."""
-
-
-def step(store: Store, kind: Kind, event: Any) -> tuple[tuple[str, Object] | None, str | None]:
-    """One decoded watch event -> (the change to tell the sink, the resourceVersion to resume
-    from); either may be None. Pure apart from ``store``: the watch loop repeats this step.
-
-    BOOKMARK only moves the resourceVersion (its object carries nothing else: never parse it).
-    ERROR 410 raises Expired (relist); any other ERROR raises StreamError (back off, resume).
-    """
-    if not isinstance(event, Mapping):
-        raise BadEvent("not a JSON object")
-    op, raw = event.get("type"), event.get("object")
-    if not isinstance(op, str) or not isinstance(raw, Mapping):
-        raise BadEvent("no type or no object")
-    meta = raw.get("metadata")
-    rv = meta.get("resourceVersion") if isinstance(meta, Mapping) else None
-    rv = rv if isinstance(rv, str) and rv else None
-    if op == "BOOKMARK":
-        return None, rv
-    if op == "ERROR":
-        if raw.get("code") == 410:
-            raise Expired(f"watch expired: {raw.get('message', '')}")
-        raise StreamError(f"ERROR event {raw.get('code')} {raw.get('reason', '')}: {raw.get('message', '')}")
-    if op not in ("ADDED", "MODIFIED", "DELETED"):
-        log.warning("%s: skipping a watch event of unknown type %r", kind.resource, op)
-        return None, None
-    return store.apply(kind, op, raw), rv
-
-
-def parse_items(kind: Kind, items: list) -> dict:
-    out = {}
-    for raw in items:
-        try:
-            obj = kind.parse(raw)
-        except FieldError as exc:
-            log.warning("skipping %s from the API: field %s: %s", kind.describe(raw), exc.path, exc.message)
-            continue
-        meta = raw.get("metadata") or {}
-        out[kind.key(meta)] = obj
-    return out
-
-
-# --------------------------------------------------------------------------- connection
-
-def load_configuration(kubeconfig: str | None = None, context: str | None = None,
-                       in_cluster: bool = False) -> client.Configuration:
-    """The usual resolution: --in-cluster (service account), else --kubeconfig, else
-    $KUBECONFIG (a path list), else ~/.kube/config; --context picks the context."""
-    cfg = client.Configuration()
-    if in_cluster:
-        try:
-            kube_config.incluster_config.InClusterConfigLoader(
-                token_filename=os.path.join(SERVICE_ACCOUNT_DIR, "token"),
-                cert_filename=os.path.join(SERVICE_ACCOUNT_DIR, "ca.crt"),
-            ).load_and_set(cfg)           # re-reads the (rotated, bound) token every minute
-        except ConfigException as exc:
-            raise ClusterError(f"--in-cluster: {exc} (is kdns running in a pod with a service account?)") from None
-    else:
-        source = "--kubeconfig" if kubeconfig else "KUBECONFIG" if os.environ.get("KUBECONFIG") else "default"
-        paths = kubeconfig or os.environ.get("KUBECONFIG") or DEFAULT_KUBECONFIG
-        existing = [p for p in paths.split(os.pathsep) if p and os.path.exists(os.path.expanduser(p))]
-        if not existing:
-            hint = " (use --kubeconfig, set KUBECONFIG, or --in-cluster inside a pod)" if source == "default" else ""
-            raise ClusterError(f"kubeconfig {paths}: no such file{hint}")
-        try:
-            # persist_config=False: never rewrite the user's kubeconfig (refreshed tokens).
-            kube_config.load_kube_config(config_file=os.pathsep.join(existing), context=context,
-                                         client_configuration=cfg, persist_config=False)
-        except ConfigException as exc:
-            where = f"context {context!r} in " if context else ""
-            raise ClusterError(f"{where}kubeconfig {paths}: {exc}") from None
-        except yaml.YAMLError as exc:
-            raise ClusterError(f"kubeconfig {paths}: not YAML: {' '.join(str(exc).split())}") from None
-        except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:   # unreadable, odd shapes
-            raise ClusterError(f"kubeconfig {paths}: not a usable kubeconfig "
-                               f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
-    # Our loops do the retrying (with backoff and Retry-After); urllib3's silent retries
-    # would multiply every read timeout.
-    cfg.retries = False
-    return cfg
-
-
-def describe_error(exc: BaseException) -> str:
-    if isinstance(exc, ApiException) and not exc.status:
-        return " ".join(str(exc.reason).split())     # no HTTP response: TLS and the like
-    if isinstance(exc, ApiException):
-        message = ""
-        try:
-            status = json.loads(exc.body or "")
-            message = status.get("message") or ""
-        except (ValueError, AttributeError):
-            pass
-        text = f"HTTP {exc.status} {exc.reason or ''}".rstrip()
-        return f"{text}: {message}" if message else text
-    if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
-        return "no data before the read timeout"
-    if isinstance(exc, urllib3.exceptions.ProtocolError):
-        return f"connection broken ({exc.args[0] if exc.args else exc})"
-    if isinstance(exc, urllib3.exceptions.NewConnectionError):
-        return f"cannot connect ({str(exc).rsplit(': ', 1)[-1]})"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def retry_after(exc: BaseException) -> float | None:
-    headers = getattr(exc, "headers", None)
-    if not headers:
-        return None
-    value = headers.get("Retry-After")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None                       # an HTTP-date: fall back to our own backoff
-
-
-class Expired(Exception):
-    """The resourceVersion to resume from is gone (410): relist."""
-
-
-class StreamError(Exception):
-    """A non-410 ERROR event inside a watch stream."""
-
-
-class SinkError(Exception):
-    """The sink raised: its state is unknown, so the kind is relisted and reset."""
-
-
-RETRYABLE = (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError, StreamError)
-
-
-def _list(api: client.ApiClient, kind: Kind, page_size: int, timeout: tuple[float, float]) -> tuple[dict, str]:
-    """All items of a kind, stripped to objects (``parse_items``) page by page, and the list's
-    resourceVersion. Stripping each page as it comes keeps one page of raw JSON alive, not the
-    whole cluster's: at 10,000 Services and 100,000 endpoints the raw dicts of every page held
-    at once cost ~170 MB of RSS that stayed after the listing (a fragmented heap)."""
-    fn = lister(api, kind)
-    items: dict = {}
-    token = None
-    while True:
-        try:
-            resp = fn(limit=page_size, _continue=token, label_selector=kind.label_selector,
-                      _preload_content=False, _request_timeout=timeout)
-        except ApiException as exc:
-            if exc.status == 410:
-                # The continue token outlived the server's snapshot: start the list again.
-                raise Expired(describe_error(exc)) from None
-            raise
-        try:
-            data = resp.data
-        finally:
-            resp.release_conn()
-        try:
-            # Typed Structs of only the fields kdns reads (kdns.sources.decode: ~5x faster
-            # than json.loads, a third of the memory); a page they do not fit goes the
-            # generic way, which words its problems.
-            page = decode.page(data)
-            del data
-            items.update(parse_items(kind, [decode.to_dict(i) for i in page.items or ()]))
-            meta = decode.to_dict(page.metadata) if page.metadata is not None else {}
-        except decode.Unsure:
-            doc = decode.generic(data)
-            if not isinstance(doc, dict) or not isinstance(doc.get("items", []), list):
-                raise ValueError(f"list of {kind.resource} is not a {kind.kind}List") from None
-            items.update(parse_items(kind, doc.get("items") or []))
-            meta = doc.get("metadata") or {}
-            del doc
-        meta = meta if isinstance(meta, dict) else {}
-        token = meta.get("continue")
-        if not token:
-            rv = meta.get("resourceVersion")
-            if not rv or not isinstance(rv, str):
-                raise ValueError(f"list of {kind.resource} has no metadata.resourceVersion")
-            return items, rv
-
-
-# The API server refuses objects past ~1.5 MB; a watch "line" this long without a newline is
-# a broken or hostile stream. Past it the stream is dropped and the watch resumes.
-MAX_LINE = 16 << 20
-
-
-class LineTooLong(ValueError):
-    """A watch line over the cap: the stream is abandoned (a retryable error)."""
-
-
-def _lines(resp: Any, max_line: int = MAX_LINE) -> Iterator[bytes]:
-    """One watch event per line; a line may span chunks and a chunk may hold many lines.
-    The pieces of a long line are kept in a list and joined once: appending each chunk to
-    one bytes object copied the line once per chunk (a 50 MB object took 20 s to arrive)."""
-    parts: list[bytes] = []
-    size = 0
-    for chunk in resp.stream(65536, decode_content=True):
-        start = 0
-        while True:
-            nl = chunk.find(b"\n", start)
-            if nl < 0:
-                break
-            if parts:
-                parts.append(chunk[start:nl])
-                line = b"".join(parts)
-                parts, size = [], 0
-            else:
-                line = chunk[start:nl]
-            start = nl + 1
-            if len(line) > max_line:
-                raise LineTooLong(f"a watch line of {len(line)} bytes, over the {max_line}-byte cap")
-            if line.strip():
-                yield line
-        if start < len(chunk):
-            size += len(chunk) - start
-            if size > max_line:
-                raise LineTooLong(f"a watch line over the {max_line}-byte cap without a newline")
-            parts.append(chunk[start:] if start else chunk)
-    if parts:
-        line = b"".join(parts)
-        if line.strip():
-            yield line
-
-
-# --------------------------------------------------------------------------- backoff
-
-class Backoff:
-    """Jittered exponential backoff (client-go style: 0.8 s doubling up to 30 s)."""
-
-    def __init__(self, base: float = 0.8, cap: float = 30.0, rng: Callable[[], float] = random.random):
-        self.base, self.cap, self.rng = base, cap, rng
-        self.failures = 0
-
-    def next(self) -> float:
-        delay = min(self.cap, self.base * (2 ** self.failures))
-        self.failures += 1
-        return delay * (0.5 + 0.5 * self.rng())           # in [delay/2, delay]
-
-    def reset(self) -> None:
-        self.failures = 0
-
 
 # --------------------------------------------------------------------------- the source
 
@@ -456,7 +85,7 @@ class ClusterSource:
 
     def __init__(self, sink: Sink, kubeconfig: str | None = None, context: str | None = None,
                  in_cluster: bool = False, pods: bool = False, *, timeouts: Timeouts = Timeouts(),
-                 configuration: client.Configuration | None = None, labels: str | None = None,
+                 configuration: Configuration | None = None, labels: str | None = None,
                  endpoints: bool = True):
         self.sink = sink
         self.timeouts = timeouts
@@ -586,7 +215,7 @@ class _Reflector:
         self.source = source
         self.kind = kind
         self.rv: str | None = None
-        self.api = client.ApiClient(configuration=source.configuration)
+        self.api = ApiClient(configuration=source.configuration)
         self.backoff = Backoff(source.timeouts.backoff_base, source.timeouts.backoff_cap)
         self.last_contact = time.monotonic()
         self.expired_in_a_row = 0
@@ -724,39 +353,14 @@ class _Reflector:
 EVENT_TYPES = frozenset(("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"))
 
 
-def _reason(exc: BaseException) -> str:
-    """A bounded label for kdns_watch_errors: the HTTP status, or what broke."""
-    status = getattr(exc, "status", None)
-    if isinstance(exc, ApiException) and status:
-        return str(status)
-    if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
-        return "timeout"
-    if isinstance(exc, (urllib3.exceptions.ProtocolError, urllib3.exceptions.NewConnectionError,
-                        ConnectionError)):
-        return "disconnect"
-    if isinstance(exc, StreamError):
-        return "stream"
-    return "error"
-
-
-def _advice(exc: BaseException, kind: Kind) -> str:
-    status = getattr(exc, "status", None)
-    if status == 403:
-        return (f" (the account needs list and watch on {kind.resource}; see the ClusterRole in "
-                "deploy/kdns.yaml)")
-    if status == 401:
-        return " (the credentials were rejected; check the kubeconfig user or the service account token)"
-    return ""
-
-
 # --------------------------------------------------------------------------- one-shot listing
 
 def list_cluster(kubeconfig: str | None = None, context: str | None = None, in_cluster: bool = False,
-                 *, pods: bool = False, configuration: client.Configuration | None = None,
+                 *, pods: bool = False, configuration: Configuration | None = None,
                  timeouts: Timeouts = Timeouts()) -> Cluster:
     """One full listing of every kind (for ``kdns env --kubeconfig``); ClusterError on failure."""
     cfg = configuration or load_configuration(kubeconfig, context, in_cluster)
-    api = client.ApiClient(configuration=cfg)
+    api = ApiClient(configuration=cfg)
     store = Store()
     try:
         for kind in kinds_for(pods):

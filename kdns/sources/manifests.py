@@ -12,31 +12,25 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
 import logging
 import os
-import pickle
-import subprocess
-import sys
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable
 
-import yaml
-
-from kdns import objects, selector
-from kdns.objects import Cluster, FieldError, short, short_str
-from kdns.sources import controllers, decode, workloads
+from kdns import objects
+from kdns.objects import Cluster
+from kdns.sources import controllers, workloads
+# The readers (kdns.sources.documents) and the per-file parse (kdns.sources.parsefiles);
+# ``read`` is used by `kdns env` and `kdns explain` from here, as before the split.
+from kdns.sources.documents import read  # noqa: F401
 from kdns.sources.files import SUFFIXES, Unreadable, files_of, stamp as _stamp  # noqa: F401
+from kdns.sources.parsefiles import _parse_file, _parse_files
 
 log = logging.getLogger("kdns.manifests")
 
-# libyaml's loader parses a 10,000-service dump about ten times faster than the pure-Python one.
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 ALWAYS_NAMESPACES = ("default", "kube-system", "kube-public")
-PARALLEL_BYTES = 8 << 20       # this much YAML/JSON to read is parsed in worker processes
-MAX_WORKERS = 8
 
 
 class ManifestError(Exception):
@@ -55,160 +49,8 @@ def default_paths() -> list[Path]:
     return [Path(str(resources.files("kdns.zones").joinpath("cluster.yaml")))]
 
 
-def _documents(path: Path) -> Iterator[tuple[int, Any]]:
-    """The generic (exact) reader: every document as builtins. ``decode`` is the fast one."""
-    data = path.read_bytes()
-    text = data.decode("utf-8")
-    if path.suffix == ".json":
-        try:
-            yield 0, decode.generic(data)          # one value, by far the common case
-            return
-        except decode.TooDeep:
-            raise
-        except ValueError:
-            pass                                   # several concatenated values, or bad JSON
-        decoder = json.JSONDecoder()
-        pos, index = 0, 0
-        while True:                       # a .json file may hold several concatenated objects
-            while pos < len(text) and text[pos].isspace():
-                pos += 1
-            if pos >= len(text):
-                return
-            doc, pos = decoder.raw_decode(text, pos)
-            yield index, doc
-            index += 1
-    else:
-        if decode.depth_over(data):
-            raise decode.TooDeep("nested too deep")
-        yield from _yaml_documents(text)
-
-
-# Nodes one YAML document may gain through aliases. Aliases share one parsed node, but
-# everything after the parser (type checks, comparisons, error messages) sees the expanded
-# tree: a "billion laughs" bomb in metadata.name grew kdns to 2 GB (kube-apiserver's
-# CVE-2019-11253). Real manifests use aliases for a few shared blocks.
-MAX_ALIAS_NODES = 100_000
-
-
-class AliasBomb(ValueError):
-    pass
-
-
-def _yaml_documents(text: str) -> Iterator[tuple[int, Any]]:
-    loader = _YAML_LOADER(text)
-    try:
-        index = 0
-        while loader.check_node():
-            node = loader.get_node()
-            if "*" in text:
-                _check_aliases(node, index)
-            yield index, loader.construct_document(node)
-            index += 1
-    finally:
-        loader.dispose()
-
-
-def _check_aliases(root: Any, index: int) -> None:
-    """AliasBomb if aliases expand document ``index`` by more than MAX_ALIAS_NODES nodes.
-    Sizes are memoised per node, so this is linear in the nodes parsed, not the expansion."""
-    sizes: dict[int, int] = {}
-
-    def size(node: Any) -> int:
-        known = sizes.get(id(node))
-        if known is not None:
-            return known
-        total = 1
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                total += size(k) + size(v)
-        elif isinstance(node, yaml.SequenceNode):
-            for v in node.value:
-                total += size(v)
-        sizes[id(node)] = total
-        return total
-
-    if size(root) - len(sizes) > MAX_ALIAS_NODES:
-        raise AliasBomb(f"document {index}: YAML aliases expand it by more than {MAX_ALIAS_NODES} "
-                        "nodes (an alias bomb?)")
-
-
-def _describe(doc: Any) -> str:
-    if not isinstance(doc, dict):
-        return "document"
-    kind = short_str(doc.get("kind") or "?")
-    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
-    name = short_str(meta.get("name") or "?")
-    ns = short_str(meta.get("namespace")) if meta.get("namespace") else None
-    if kind == "Namespace":
-        return f"{kind}/{name}"
-    return f"{kind}/{ns or 'default'}/{name}"
-
-
-def read(paths: Iterable[str | os.PathLike], problems: list[str]) -> Iterator[tuple[Any, Any]]:
-    """Every object in the files, one at a time, as (where, dict); ``str(where)`` is
-    "file, document N[, items[J]]". Files that do not parse add a line to ``problems``.
-
-    A generator, so that only one document's raw dicts are alive at a time: a whole cluster's
-    worth of parsed YAML would cost several times the memory of the objects kept from it.
-    """
-    files, missing = files_of(paths)
-    problems.extend(missing)
-    for path in files:
-        yield from _file_documents(path, problems)
-
-
-def _file_documents(path: Path, problems: list[str]) -> Iterator[tuple[Any, Any]]:
-    try:
-        for index, doc in _documents(path):
-            if doc is None:
-                continue
-            # kind: List, and typed lists such as ServiceList from the API.
-            if isinstance(doc, dict) and str(doc.get("kind", "")).endswith("List") \
-                    and isinstance(doc.get("items"), list):
-                for j, item in enumerate(doc.get("items") or []):
-                    yield _Where(path, index, j), item
-            else:
-                yield _Where(path, index, None), doc
-    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        problems.append(f"{path}: does not parse: {_short(' '.join(str(exc).split()))}")
-    except (AliasBomb, decode.TooDeep) as exc:
-        problems.append(f"{path}: does not parse: {exc}")
-    except RecursionError:
-        problems.append(f"{path}: does not parse: nested too deep")
-    except MemoryError:
-        problems.append(f"{path}: does not parse: too big to hold in memory")
-    except OSError as exc:
-        problems.append(Unreadable(path, f"{path}: cannot read: {exc.strerror or exc}"))
-
-
-class _Where:
-    """Where a document came from; formatted only when a problem is reported."""
-
-    __slots__ = ("path", "index", "item")
-
-    def __init__(self, path: Path, index: int, item: int | None):
-        self.path, self.index, self.item = path, index, item
-
-    def __str__(self) -> str:
-        where = f"{self.path}, document {self.index}"
-        return where if self.item is None else f"{where}, items[{self.item}]"
-
-
 _TABLES = {objects.Service: "services", objects.EndpointSlice: "slices",
            objects.Namespace: "namespaces", objects.Pod: "pods"}
-
-_PARSERS: dict[str, Callable[[Any], Any]] = {
-    # A Service and a Pod also give what the EndpointSlice controller reads of them (selector,
-    # targetPorts; labels, container ports), for controllers.derive.
-    "Service": lambda doc: [objects.service_from_dict(doc), *workloads.selector_from_dict(doc)],
-    "EndpointSlice": objects.endpointslice_from_dict,
-    "Endpoints": objects.endpoints_from_dict,
-    "Namespace": objects.namespace_from_dict,
-    "Pod": lambda doc: [objects.pod_from_dict(doc), *workloads.readable(workloads.bare_pod_from_dict, doc)],
-    **{kind: (lambda doc: workloads.readable(workloads.workload_from_dict, doc))
-       for kind in workloads.WORKLOAD_KINDS},
-}
-
 
 def load(paths: Iterable[str | os.PathLike], service_cidr: str = "10.96.0.0/12",
          files: dict | None = None, *, derive: workloads.Options = workloads.Options(),
@@ -372,140 +214,6 @@ def _origin_key(obj) -> tuple[str, str, str]:
     if isinstance(obj, workloads.INPUT_TYPES):
         return obj.key
     return (type(obj).__name__, obj.namespace, obj.name)
-
-
-def _parse_file(path: Path, labels: str | None = None) -> tuple[list, list[str], dict[str, int]]:
-    """One file: its (where, object) pairs, its problems, the kinds it skipped (picklable, for
-    the worker processes of _parse_files)."""
-    problems: list[str] = []
-    skipped: dict[str, int] = {}
-    try:
-        return list(_file_objects(path, problems, skipped, labels)), problems, skipped
-    except RecursionError:               # whichever decoder or walk met it: a problem, not a crash
-        return [], problems + [f"{path}: does not parse: nested too deep"], skipped
-    except ValueError as exc:            # a decoder's own error type, not one listed above
-        return [], problems + [f"{path}: does not parse: {_short(' '.join(str(exc).split()))}"], skipped
-
-
-def _short(text: str, limit: int = 200) -> str:
-    """A quoted value or decoder message cut to a prefix: one line, never the whole input."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
-def _parse_files(paths: list[Path], stamps: dict,
-                 labels: str | None = None) -> list[tuple[list, list[str], dict[str, int]]]:
-    """_parse_file of each path, in order. Parsing YAML is CPU-bound (libyaml composes, PyYAML's
-    Python constructors build: ~30 s for a 10,000-Service dump on one core), so past
-    PARALLEL_BYTES the files are shared out to worker processes (``python -c``, never a fork: a
-    reload runs beside threads; not multiprocessing, whose spawn re-runs the caller's main
-    module) and their objects come back pickled, a few percent of the parse."""
-    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-                  len(paths), MAX_WORKERS)
-    size = sum(stamps[p][1] for p in paths if stamps.get(p))
-    if workers > 1 and size >= PARALLEL_BYTES:
-        try:
-            return _in_workers(paths, stamps, workers, labels)
-        except (OSError, EOFError, pickle.UnpicklingError, subprocess.SubprocessError) as exc:
-            log.warning("parsing the manifests in %d processes failed (%s); parsing them here",
-                        workers, exc)
-    return [_parse_file(p, labels) for p in paths]
-
-
-def _in_workers(paths: list[Path], stamps: dict, workers: int, labels: str | None = None) -> list:
-    shares: list[list[int]] = [[] for _ in range(workers)]
-    loads = [0] * workers
-    for i in sorted(range(len(paths)), key=lambda i: -(stamps.get(paths[i]) or (0, 0))[1]):
-        w = loads.index(min(loads))                    # biggest file to the least loaded worker
-        shares[w].append(i)
-        loads[w] += (stamps.get(paths[i]) or (0, 0))[1]
-    root = str(Path(objects.__file__).resolve().parent.parent)   # the kdns being run
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))))
-    procs = [subprocess.Popen([sys.executable, "-c", "from kdns.sources.manifests import _worker; _worker()"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-             for _ in shares]
-    results: list = [None] * len(paths)
-    try:
-        for proc, share in zip(procs, shares):
-            proc.stdin.write(pickle.dumps(([paths[i] for i in share], labels)))
-            proc.stdin.close()
-        for proc, share in zip(procs, shares):
-            for i, result in zip(share, pickle.load(proc.stdout)):
-                results[i] = result
-            if proc.wait(timeout=60) != 0:
-                raise subprocess.SubprocessError(f"worker exited with {proc.returncode}")
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return results
-
-
-def _worker() -> None:
-    """A worker process of _in_workers: paths in (pickled, on stdin), results out (stdout)."""
-    paths, labels = pickle.load(sys.stdin.buffer)
-    pickle.dump([_parse_file(p, labels) for p in paths], sys.stdout.buffer, protocol=pickle.HIGHEST_PROTOCOL)
-    sys.stdout.buffer.flush()
-
-
-def _file_objects(path: Path, problems: list[str], skipped: dict[str, int],
-                  labels: str | None = None) -> Iterator[tuple[Any, Any]]:
-    """(where, object) for every object kdns serves in one file; problems named as load's."""
-    selected = selector.parse(labels) if labels else None
-    for where, doc in _fast_documents(path, problems):
-        if not isinstance(doc, dict):
-            problems.append(f"{where}: {_describe(doc)}: must be a mapping with apiVersion and kind")
-            continue
-        kind = doc.get("kind")
-        if not kind or not isinstance(kind, str):
-            problems.append(f"{where}: {_describe(doc)}: field kind: is required")
-            continue
-        parse = _PARSERS.get(kind)
-        if parse is None:
-            skipped[kind] = skipped.get(kind, 0) + 1
-            continue
-        if selected is not None and kind == "Service" and not selected(selector.labels_of(doc)):
-            continue                         # --labels: as the API's labelSelector would
-        if kind == "EndpointSlice" and doc.get("apiVersion") not in (None, "discovery.k8s.io/v1"):
-            problems.append(f"{where}: {_describe(doc)}: field apiVersion: EndpointSlice must be "
-                            f"discovery.k8s.io/v1, got {short(doc.get('apiVersion'))}")
-            continue
-        try:
-            obj = parse(doc)
-        except FieldError as exc:
-            problems.append(f"{where}: {_describe(doc)}: field {exc.path}: {exc.message}")
-            continue
-        for item in obj if isinstance(obj, list) else [obj]:
-            yield where, item
-
-
-def _fast_documents(path: Path, problems: list[str]) -> Iterator[tuple[Any, Any]]:
-    """``_file_documents`` with only the fields kdns reads, decoded in C (kdns.sources.decode);
-    a file the fast decoders cannot vouch for is read by the generic ones, which word its
-    errors. Unsure is only ever raised before the first document is yielded."""
-    try:
-        data = path.read_bytes()
-        data.decode("utf-8")                        # the generic reader words a bad byte
-        if path.suffix == ".json":
-            docs: Any = [(0, decode.json_document(data))]
-        else:
-            docs = list(decode.yaml_documents(data))
-        # Pods and workloads are read whole (their pod templates are compared as JSON):
-        # the Structs carry only what the other kinds need.
-        if any(d is not None and decode.kinds(d) & _WHOLE for _, d in docs):
-            raise decode.Unsure("Pods or workloads")
-    except (OSError, UnicodeDecodeError, decode.Unsure):
-        yield from _file_documents(path, problems)
-        return
-    del data
-    for index, doc in docs:
-        if doc is None:
-            continue
-        for j, obj in decode.items(doc):
-            yield _Where(path, index, j), obj
-
-
-_WHOLE = frozenset(("Pod", *workloads.WORKLOAD_KINDS))
 
 
 def _describe_object(obj) -> str:
