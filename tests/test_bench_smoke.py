@@ -17,6 +17,8 @@ import pytest
 from kdns.bench import check, cluster as gen, dnsperf, servers, workloads
 from kdns.sources import manifests
 
+ROOT = Path(__file__).resolve().parent.parent
+
 SERVICES, ENDPOINTS = 60, 600
 
 
@@ -212,17 +214,20 @@ def test_churn_changes_roll_pods_through_other_slices(model):
 
 
 @pytest.mark.skipif(not shutil.which("dnsperf"), reason="needs dnsperf")
-def test_churn_report_runs_kdns_on_the_fake_api_under_churn(tmp_path):
-    """Workload (d) at a tiny size: the driver (its own process, HTTP PUTs) changes slices of
-    other Services while dnsperf asks kdns; the API applied the changes, kdns answers the last
-    one, CPU per query is accounted. No timing asserted."""
+@pytest.mark.parametrize("writer", ["http", "local"])
+def test_churn_report_runs_kdns_on_the_fake_api_under_churn(tmp_path, writer):
+    """Workload (d) at a tiny size: the driver (its own process writing HTTP PUTs, or a thread
+    calling into the fake API) changes slices of other Services while dnsperf asks kdns; the API
+    applied the changes, kdns answers the last one, CPU per query is accounted. No timing
+    asserted."""
     from kdns.bench import live, report
 
     args = types.SimpleNamespace(seed=3, warmup=0, duration=1.0, rounds=1, clients=1, outstanding=20,
-                                 change_timeout=30.0)
+                                 change_timeout=30.0, churn_writer=writer)
     out = live.measure(30, args, tmp_path, rates=[0, 40], hot_count=8)
     kdns = {r["rate"]: r for r in out["runs"] if r["server"] == "kdns-api"}
     assert set(kdns) == {0, 40} and not any(r.get("error") for r in kdns.values()), kdns
+    assert kdns[40]["writer"] == writer
     assert out["checks"]["kdns-api"]["wrong"] == 0, out["checks"]
     assert kdns[0]["changes"] == 0 and kdns[40]["changes"] > 0
     assert kdns[40]["driver"]["sent"] >= kdns[40]["changes"] and kdns[40]["driver"]["errors"] == 0
@@ -345,3 +350,22 @@ def test_overhead_report_runs_small(tmp_path):
     assert all(v["qps"]["median"] > 0 and v["cpu_us"]["median"] > 0 for v in m["variants"].values())
     text = overhead.lines(m)
     assert "counting cost" in text and "log-queries cost" in text and "ns per hit" in text
+
+
+@pytest.mark.skipif(not shutil.which("dnsperf") or not shutil.which("dnsmasq"),
+                    reason="needs dnsperf and dnsmasq")
+def test_the_bench_command_runs_a_workload_against_a_peer(tmp_path):
+    """`python -m kdns.bench` itself, end to end at a tiny size (the reports' wiring, not only
+    their parts): a hot workload against kdns and dnsmasq, with the ratio line."""
+    out = subprocess.run([sys.executable, "-m", "kdns.bench", "--services", "40", "--workload", "a",
+                          "--only", "kdns,dnsmasq-a", "--duration", "1", "--warmup", "0",
+                          "--rounds", "1", "--memory-sizes", "", "--watch-services", "0",
+                          "--churn-services", "", "--startup-sizes", "", "--api-churn-seconds", "0",
+                          "--fuzz", "0", "--slowloris", "0", "--forward-duration", "0",
+                          "--overhead-rounds", "0"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| a ")]
+    assert [r.split("|")[2].strip() for r in rows] == ["kdns", "dnsmasq-a"], out.stdout
+    assert "kdns/dnsmasq-a" in out.stdout

@@ -259,9 +259,9 @@ def _run(args, model: gen.Cluster, sizes: list[int], tmp: Path) -> int:
             print(report.churn_lines(churn[-1]))
     forward_rows = []
     if args.forward_duration > 0 and "kdns" in names:
-        peers = [n for n in ("kdns", "unbound") if n in names]
+        forwarders = [n for n in ("kdns", "unbound") if n in names]
         try:
-            forward_rows = forwarding.measure(peers, tmp, duration=args.forward_duration,
+            forward_rows = forwarding.measure(forwarders, tmp, duration=args.forward_duration,
                                               flood_qps=args.flood_qps, flood_s=args.flood_seconds,
                                               rounds=args.rounds, clients=args.clients,
                                               outstanding=args.outstanding, say=say)
