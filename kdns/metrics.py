@@ -74,6 +74,29 @@ FORWARD_INFLIGHT = Gauge("kdns_forward_inflight", "Queries in flight at an upstr
 FORWARD_HEALTHY = Gauge("kdns_forward_upstream_healthy", "1 while an upstream is healthy, 0 while it "
                         "is marked down and probed, by upstream", ["to"], registry=REGISTRY)
 
+# An upstream may serve several zones (the default upstreams and a stub domain's, each its own
+# Forwarder): its gauges stay one series per ``to``, their owners' readings combined (in-flight
+# counts add; healthy is 1 only while no owner has it marked down).
+_SHARED: dict[tuple[int, str], dict[int, object]] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_gauge(gauge: Gauge, to: str, owner: object, read, combine) -> None:
+    """``gauge{to}`` reads ``combine(read() of every owner of it)`` from now on."""
+    key = (id(gauge), to)
+    with _SHARED_LOCK:
+        readers = _SHARED.setdefault(key, {})
+        readers[id(owner)] = read
+        gauge.labels(to).set_function(lambda: combine([r() for r in list(readers.values())]))
+
+
+def unshare_gauge(gauge: Gauge, to: str, owner: object) -> None:
+    """``owner`` reads ``gauge{to}`` no more (a closed Forwarder); the others' still count."""
+    with _SHARED_LOCK:
+        readers = _SHARED.get((id(gauge), to), {})
+        readers.pop(id(owner), None)
+
+
 # ---- for kdns.sources.manifests: a reload whose files did not load (CoreDNS reload's counter).
 RELOAD_FAILED = Counter("kdns_reload_failed", "Manifest reloads that failed (bad files); the last "
                         "good data stays served", registry=REGISTRY)

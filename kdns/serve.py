@@ -74,31 +74,6 @@ def _load_manifests(paths, service_cidr, sink, interval, derive=None, labels=Non
         return None
 
 
-def _forwarder(args, bound, cache_size, zones):
-    """The Forwarder for --upstream / --resolv-conf, or None (out-of-zone names get REFUSED)."""
-    from kdns.forward import Forwarder, choose_upstreams
-
-    # The default path may be missing (a minimal container): then there is simply no upstream.
-    upstreams = choose_upstreams(args.upstream, args.resolv_conf if args.resolv_conf is not None
-                                 else "/etc/resolv.conf", bound, missing_ok=args.resolv_conf is None)
-    if not upstreams:
-        log.warning("no upstream resolvers: names outside the cluster zones get REFUSED")
-        return None
-    log.info("forwarding other names to %s",
-             ", ".join(format_hostport(h, p) for h, p in upstreams))
-    allow = args.allow or None
-    if allow:
-        log.info("forwarding for clients in %s only", ", ".join(allow))
-    caps = (args.cache_ttl, min(1800, args.cache_ttl) if args.cache_denial_ttl is None
-            else args.cache_denial_ttl)
-    return Forwarder(upstreams, cache_size, own_zones=zones, caps=caps, policy=args.policy,
-                     max_concurrent=args.max_concurrent,
-                     max_client_forwards=args.max_client_forwards,
-                     serve_stale=args.serve_stale,
-                     **({"allow": allow} if allow else {}))
-
-
-
 SWITCH_INTERVAL = 0.0005     # seconds; CPython's default is 0.005 (see serve)
 # Watch events in a burst share one snapshot publish per this many seconds (Store.coalesce):
 # an answer waits at most this long for an event, far inside issue 11's 100 ms p99.
@@ -125,9 +100,9 @@ def serve(args) -> int:
     except ConfigError as exc:
         print(f"kdns: {exc}", file=sys.stderr)
         return 2
-    pending = serveargs.pending_flags(args)
-    if pending:
-        for line in pending:
+    problems = serveargs.forward_problems(args, config.zones)
+    if problems:
+        for line in problems:
             print(f"kdns: {line}", file=sys.stderr)
         return 2
     hosts = None
@@ -236,8 +211,8 @@ def serve(args) -> int:
         from kdns import querylog
         querylog.install(server, args.log_format)
     try:
-        server.forwarder = _forwarder(args, bound, config.cache_size, config.zones)
-    except ForwardConfigError as exc:
+        server.forwarder = serveargs.forwarding(args, bound, config.cache_size, config.zones)
+    except (ForwardConfigError, ConfigError) as exc:
         print(f"kdns: {exc}", file=sys.stderr)
         server.close()
         return 2

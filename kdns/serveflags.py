@@ -112,7 +112,7 @@ def add_forward_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-denial-ttl", type=serveargs.ttl, default=None, metavar="SECONDS",
                    help="the same for negative answers (NXDOMAIN, NODATA); default: --cache-ttl, "
                         "at most 1800")
-    serveargs.add_pending_args(p)
+    serveargs.add_zone_forward_args(p)
 
 
 def add_tcp_args(p: argparse.ArgumentParser) -> None:

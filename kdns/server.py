@@ -248,7 +248,12 @@ class Server:
             if hit is not None:
                 hit[1][self.stats.current("udp").hit] += 1
                 return data[:2] + (hit[0] if hit[3] is None else rotated(hit))
-        if cache is not None and not self.rewrites:
+        forwarder = self.forwarder
+        # A stub domain inside a served zone (--forward-inside-cluster-zone): its names are the
+        # stub's, never the cluster data's (asked only when there is such a zone).
+        inside = forwarder is not None and forwarder.inside is not None \
+            and forwarder.inside(query.name)
+        if cache is not None and not self.rewrites and not inside:
             # The common miss (A/AAAA of a Service or endpoint), written straight to bytes.
             got = direct.address(snap, query, wire.udp_limit(query))
             if got is not None:
@@ -262,7 +267,9 @@ class Server:
                           _rotation(query, run))
                 return packet
         try:
-            if self.rewrites:
+            if inside:
+                resp = ans.Response(ans.NOERROR, authoritative=False, forward=True)
+            elif self.rewrites:
                 resp = rewrite.answer(snap, query.qname, query.qtype, self.rewrites)
             else:
                 resp = ans.answer(snap, query.qname, query.qtype)
@@ -270,8 +277,8 @@ class Server:
             self.bad.exception("answering", e, query.qname)
             return self._counted(wire.servfail(query), transport, data)
         limit = MAX_TCP_MESSAGE if tcp else wire.udp_limit(query)
-        forwarder = self.forwarder
-        if forwarder is not None and (resp.forward or resp.chase or resp.fallthrough):
+        if forwarder is not None and (resp.forward or resp.chase or resp.fallthrough) and \
+                forwarder.takes(resp.chase[0] if resp.chase and not resp.forward else query.name):
             client = peer()
             if forwarder.admits(client, query.name):
                 if not tcp and resp.forward:

@@ -1,6 +1,7 @@
-"""A CoreDNS Corefile (or a kube-dns ConfigMap) as the kdns serve flags that mean the same.
+"""A CoreDNS Corefile as the kdns serve flags that mean the same.
 
-``translate(text)`` returns the flags; ``kdns corefile FILE`` prints them as a command line and
+``translate(text)`` returns the flags (a kube-dns ConfigMap's are kdns.kubedns's);
+``kdns corefile FILE`` prints them as a command line and
 ``kdns serve --corefile FILE`` runs with them. Every plugin and option either maps to a flag,
 is one kdns always has (``loop``, ``errors``; the packet cache never serves a changed cluster
 answer, so ``disable success|denial <cluster zone>`` holds already), or is an error naming the
@@ -11,12 +12,10 @@ note (``reload``: kdns reads the Corefile once).
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import re
 import shlex
 
-import yaml
 
 from kdns.corefile import CorefileError, Line, Server, parse
 
@@ -50,6 +49,8 @@ class _Translation:
         self.notes: list[str] = []
         self.problems: list[str] = []
         self.cluster_zones: list[str] = []
+        self.stubs: list[tuple[str, Line]] = []     # --forward zones, with their Corefile line
+        self.default_forward = False                 # the main block has a 'forward .'
 
     def bad(self, line: Line | int, message: str) -> None:
         number = line.line if isinstance(line, Line) else line
@@ -122,6 +123,20 @@ def _translate(text: str, where: str) -> _Translation:
         t.args[:0] = ["--listen", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     if not seen_loadbalance:
         t.flag("--no-loadbalance")             # kdns rotates by default; CoreDNS only with the plugin
+    if not t.default_forward and root:
+        # No 'forward .': CoreDNS forwards nothing else, so kdns must not fall back to
+        # /etc/resolv.conf (its own default).
+        t.flag("--resolv-conf", "")
+    served = t.cluster_zones + list(REVERSE)
+    inside = [(z, line) for z, line in t.stubs
+              if any(z == c or z.endswith("." + c) for c in served)]
+    if inside:
+        # A server block (or forward FROM) for a zone kdns serves is the operator saying so:
+        # CoreDNS sends those names to that block, not to the kubernetes plugin.
+        t.flag("--forward-inside-cluster-zone")
+        for z, line in inside:
+            t.note(line, f"{z} is inside a zone kdns serves from the cluster's data; as in CoreDNS, "
+                         "its names go to the stub domain's upstreams instead")
     if t.problems:
         raise CorefileError(t.problems)
     return t
@@ -296,6 +311,7 @@ def _forward(t, d, zones):
     else:
         if resolv and upstreams:
             t.bad(d, "forward: both a resolv.conf and addresses: kdns takes one or the other")
+        t.default_forward = True
         for u in upstreams:
             t.flag("--upstream", u)
         if resolv:
@@ -321,6 +337,7 @@ def _stub(t, d, zone, upstreams, resolv):
         t.bad(d, f"forward {zone} {resolv}: a stub domain takes addresses, not a resolv.conf")
     if upstreams:
         t.flag("--forward", f"{zone}=" + ",".join(upstreams))
+        t.stubs.append((zone, d))
 
 
 def _cache(t, d, zones):
@@ -440,8 +457,8 @@ def _stub_block(t: _Translation, s: Server, zones: list[str]) -> None:
             if d.args[1:] or d.block:
                 t.bad(d, "cache in a stub domain's block: only 'cache [TTL]' is supported by kdns")
             elif d.args:
-                t.note(d, "cache in a stub domain's block: kdns's one forwarding cache (--cache-ttl) "
-                          "applies to every zone")
+                t.note(d, "cache in a stub domain's block: the stub domain has a forwarding cache "
+                          "of its own, its TTLs capped by --cache-ttl as every zone's")
         elif d.name == "forward":
             if d.args[:1] != ["."]:
                 t.bad(d, "forward in a stub domain's block: expected 'forward . ADDRESS...'")
@@ -452,47 +469,3 @@ def _stub_block(t: _Translation, s: Server, zones: list[str]) -> None:
                 _stub(t, d, zone, upstreams, resolv)
         else:
             t.bad(d, f"plugin '{d.name}' is not supported by kdns in a stub domain's block")
-
-
-# ----------------------------------------------------------------------------- kube-dns
-
-def translate_kube_dns(path: str) -> list[str]:
-    """A kube-dns ConfigMap (YAML or JSON): data.stubDomains -> --forward, data.upstreamNameservers
-    -> --upstream. Any other data key is an error: kube-dns's federations are not served."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as exc:
-        raise CorefileError([f"{path}: {getattr(exc, 'strerror', None) or exc}"]) from None
-    data = doc.get("data") if isinstance(doc, dict) else None
-    if not isinstance(data, dict):
-        raise CorefileError([f"{path}: not a ConfigMap with data"])
-    args: list[str] = []
-    problems: list[str] = []
-    for key, value in data.items():
-        try:
-            parsed = json.loads(value) if isinstance(value, str) else value
-        except ValueError as exc:
-            problems.append(f"{path}: data.{key}: not JSON: {exc}")
-            continue
-        if key == "upstreamNameservers":
-            if not isinstance(parsed, list) or not all(isinstance(x, str) for x in parsed):
-                problems.append(f"{path}: data.upstreamNameservers: expected a list of addresses")
-                continue
-            for ip in parsed:
-                args += ["--upstream", ip]
-        elif key == "stubDomains":
-            if not isinstance(parsed, dict):
-                problems.append(f"{path}: data.stubDomains: expected a mapping of zone to addresses")
-                continue
-            for zone, ips in parsed.items():
-                if not isinstance(ips, list) or not all(isinstance(x, str) for x in ips):
-                    problems.append(f"{path}: data.stubDomains.{zone}: expected a list of addresses")
-                    continue
-                args += ["--forward", f"{zone.strip('.').lower()}=" + ",".join(ips)]
-        else:
-            problems.append(f"{path}: data.{key}: not supported by kdns (stubDomains and "
-                            "upstreamNameservers are)")
-    if problems:
-        raise CorefileError(problems)
-    return args

@@ -427,3 +427,58 @@ def test_corefile_variant_runs_kubeadms_corefile(tmp_path):
     finally:
         log = s.stop()
     assert s.proc.returncode == 0, log
+
+
+def test_corefile_variant_runs_a_corefile_with_a_stub_domain(tmp_path):
+    """The container's command line with the Kubernetes "Customizing DNS Service" Corefile (its
+    consul.local server block a stub domain), the upstreams moved onto loopback stubs."""
+    from conftest import DATA, Kdns
+    from dnsstub import Stub
+
+    upstream = Stub(["www.example.com. 600 IN A 192.0.2.80"])
+    consul = Stub(["web.service.consul.local. 600 IN A 10.150.1.1"])
+    (c,) = one([d for d in yaml.safe_load_all(COREFILE_MANIFEST.read_text()) if d],
+               "Deployment")["spec"]["template"]["spec"]["containers"]
+    corefile = (DATA / "corefiles" / "customizing-dns").read_text()
+    corefile = corefile.replace("    health\n", "    health 127.0.0.1:0\n").replace(
+        "prometheus :9153", "prometheus 127.0.0.1:0").replace(
+        "172.16.0.1", f"127.0.0.1:{upstream.port}").replace("10.150.0.1", f"127.0.0.1:{consul.port}")
+    path = tmp_path / "Corefile"
+    path.write_text(corefile)
+    args = [a for a in c["args"][1:]]
+    args[args.index("/etc/coredns/Corefile")] = str(path)
+    args[args.index("$(POD_IP)")] = "10.244.0.10"
+    del args[args.index("--listen"):args.index("--listen") + 2]     # Kdns listens on loopback
+    s = Kdns(*args, "--manifests", str(DATA / "cluster.yaml"))
+    try:
+        for name, want in (("web.service.consul.local.", "web.service.consul.local. 30 IN A 10.150.1.1"),
+                           ("www.example.com.", "www.example.com. 30 IN A 192.0.2.80"),
+                           ("kube-dns.kube-system.svc.cluster.local.",
+                            "kube-dns.kube-system.svc.cluster.local. 5 IN A 10.96.0.10")):
+            assert [rr.to_text() for rr in s.query(name, "A").answer] == [want]
+        assert (consul.count(name="web.service.consul.local"), upstream.count(name="www.example.com")) == (1, 1)
+    finally:
+        log = s.stop()
+        upstream.close()
+        consul.close()
+    assert s.proc.returncode == 0, log
+
+
+def test_kubectl_apply_dry_run_accepts_the_corefile_variant(kubeconfig, tmp_path):
+    """deploy/kdns-corefile.yaml, on its own as an operator applies it: kubectl takes every
+    object, and every field is in the Kubernetes schema."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is needed: apt-get install kubectl (or kubernetes-client)")
+    out = subprocess.run([kubectl, "--kubeconfig", str(kubeconfig), "--cache-dir", str(tmp_path / "cache"),
+                          "apply", "--dry-run=client", "--validate=false", "-f", str(COREFILE_MANIFEST)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    docs = load(COREFILE_MANIFEST)
+    assert len(out.stdout.split("\n")[:-1]) == len(docs)
+    assert all(line.endswith(" (dry run)") for line in out.stdout.split("\n")[:-1])
+    problems: list[str] = []
+    for doc in docs:
+        _check(doc, _model(doc["kind"], doc["apiVersion"]).__name__,
+               f"{doc['kind']}/{doc['metadata']['name']}", problems)
+    assert not problems, "\n".join(problems)

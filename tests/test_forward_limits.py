@@ -12,28 +12,16 @@ import time
 import dns.message
 import dns.query
 import dns.rcode
-import dns.rdatatype
 import pytest
 import yaml
 
 from dnsstub import Stub
 from kdns.forward.acl import Allow
-from kdnsproc import DATA, KdnsProcess
+from kdnsproc import DATA, UPSTREAM as VECTORS_UPSTREAM, KdnsProcess, lines
 
 VICTIM_NAMES = [f"v{i}.example.com. 300 IN A 192.0.2.{i % 250 + 1}" for i in range(200)]
-UPSTREAM = [
-    "www.example.com. 300 IN A 192.0.2.53",
-    "www.example.com. 300 IN AAAA 2001:db8::53",
-    "9.9.244.10.in-addr.arpa. 300 IN PTR node-9.example.net.",
-    "short.example.com. 1 IN A 192.0.2.2",
-    *VICTIM_NAMES,
-]
+UPSTREAM = [*VECTORS_UPSTREAM, "short.example.com. 1 IN A 192.0.2.2", *VICTIM_NAMES]
 CASES = {c["id"]: c for c in yaml.safe_load((DATA / "cases.yaml").read_text())}
-
-
-def lines(section) -> list[str]:
-    return [f"{rrset.name} {rrset.ttl} IN {dns.rdatatype.to_text(rrset.rdtype)} {rd}"
-            for rrset in section for rd in rrset]
 
 
 def ask(k: KdnsProcess, name: str, rdtype: str = "A", source: str = "127.0.0.1",

@@ -1,17 +1,19 @@
 """The forwarding options a Corefile maps to, against a real kdns and a loopback stub:
 --cache-ttl and --cache-denial-ttl (CoreDNS cache's success and denial TTLs) and
---max-concurrent (forward's max_concurrent); and the per-zone forwarding flags kdns does not do
-yet, refused with their reason (--policy is kdns's own now: tests/test_forward_reactor.py)."""
+--max-concurrent (forward's max_concurrent); the stub-domain flags in `kdns serve --help` (their
+behaviour: tests/test_stub_domains.py; --policy: tests/test_forward_reactor.py)."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 
 import dns.message
 import dns.rcode
 import pytest
 
-from conftest import DATA, Kdns, wait_for
+from conftest import DATA, ROOT, Kdns, wait_for
 from dnsstub import Stub
 
 CLUSTER = str(DATA / "cluster.yaml")
@@ -62,13 +64,12 @@ def test_max_concurrent_sheds_load(upstream):
         s.stop()
 
 
-@pytest.mark.parametrize("flag, value, error", [
-    ("--forward", "consul.local=10.150.0.1",
-     "--forward consul.local=10.150.0.1: per-zone forwarding (stub domains) is not in this kdns "
-     "yet; it comes with the new forwarder (issue 12)"),
-    ("--forward-except", "example.org", "--forward-except example.org: not in this kdns yet (issue 12)"),
-])
-def test_flags_waiting_for_the_new_forwarder_are_refused(flag, value, error):
-    s = Kdns("--manifests", CLUSTER, flag, value, wait=False)
-    assert s.wait_exit() == 2
-    assert f"kdns: {error}\n" in s.log()
+def test_stub_domain_flags_are_documented_in_serve_help():
+    out = subprocess.run([sys.executable, "-m", "kdns", "serve", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    help_text = " ".join(out.stdout.split())
+    for flag in ("--forward ZONE=HOST[:PORT][,...]", "--forward-except ZONE",
+                 "--forward-inside-cluster-zone"):
+        assert flag in help_text
+    assert "SERVFAIL, as CoreDNS forward's except" in help_text

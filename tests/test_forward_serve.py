@@ -11,25 +11,13 @@ import time
 
 import dns.flags
 import dns.rcode
-import dns.rdatatype
 import pytest
 import yaml
 
 from dnsstub import Stub, closed_port
-from kdnsproc import DATA, KdnsProcess
+from kdnsproc import DATA, UPSTREAM, KdnsProcess, lines
 
-# The vectors' upstream (cases.yaml header): www.example.com A/AAAA, NXDOMAIN for everything else.
-UPSTREAM = [
-    "www.example.com. 300 IN A 192.0.2.53",
-    "www.example.com. 300 IN AAAA 2001:db8::53",
-    "9.9.244.10.in-addr.arpa. 300 IN PTR node-9.example.net.",
-]
 CASES = {c["id"]: c for c in yaml.safe_load((DATA / "cases.yaml").read_text())}
-
-
-def lines(section) -> list[str]:
-    return [f"{rrset.name} {rrset.ttl} IN {dns.rdatatype.to_text(rrset.rdtype)} {rd}"
-            for rrset in section for rd in rrset]
 
 
 @pytest.fixture(scope="module")

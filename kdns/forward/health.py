@@ -23,7 +23,8 @@ from typing import Callable, Sequence
 from kdns.config import format_hostport
 from kdns.forward.cache import NOERROR, NXDOMAIN, T_NS
 from kdns.forward.transport import Reactor, Transport
-from kdns.metrics import FORWARD_HEALTHCHECK_FAILURES, FORWARD_HEALTHY
+from kdns.metrics import (FORWARD_HEALTHCHECK_FAILURES, FORWARD_HEALTHY, shared_gauge,
+                          unshare_gauge)
 from kdns.rawwire import opt_rr
 
 log = logging.getLogger("kdns.forward")
@@ -60,7 +61,12 @@ class Health:
         self._rng = rng or random.Random()
         self._on_change = on_change
         for i, name in enumerate(self.names):
-            FORWARD_HEALTHY.labels(name).set_function(lambda i=i: 0 if self.down[i] else 1)
+            shared_gauge(FORWARD_HEALTHY, name, self, lambda i=i: 0 if self.down[i] else 1,
+                         lambda values: min(values, default=1))
+
+    def close(self) -> None:
+        for name in self.names:
+            unshare_gauge(FORWARD_HEALTHY, name, self)
 
     # -- order -------------------------------------------------------------------------------
 

@@ -51,7 +51,13 @@ class Reactor:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.call_soon(self._started.set)
-        self.loop.run_forever()
+        try:
+            self.loop.run_forever()
+        finally:
+            # Closed here, once stopped: a loop left for the garbage collector at interpreter
+            # exit may find its self-pipe socket finalised first, and its __del__ then prints a
+            # traceback (ValueError: Invalid file descriptor: -1) after kdns's "stopped".
+            self.loop.close()
 
     def call(self, fn, *args) -> None:
         """Run ``fn(*args)`` on the reactor thread, soon (from any thread)."""
@@ -84,7 +90,10 @@ class Reactor:
 
     def stop(self) -> None:
         if self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.loop.stop)
+            try:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+            except RuntimeError:                 # closed meanwhile: stopped already
+                pass
 
 
 class Exchange:

@@ -64,13 +64,13 @@ def is_own_address(upstream: tuple[str, int], listens: Iterable[tuple[str, int]]
 
 def choose_upstreams(explicit: Sequence[tuple[str, int]], resolv_conf: str,
                      listens: Sequence[tuple[str, int]],
-                     missing_ok: bool = False) -> list[tuple[str, int]]:
+                     missing_ok: bool = False, flag: str = "--upstream") -> list[tuple[str, int]]:
     """``--upstream`` if given, else the nameservers of ``--resolv-conf`` (``""`` = none), minus
     kdns's own listen addresses. Raises ForwardConfigError when only our own addresses are left,
     or when the file cannot be read (unless ``missing_ok``: the default path on a machine
     without one)."""
     if explicit:
-        source, candidates = "--upstream", list(explicit)
+        source, candidates = flag, list(explicit)
     elif resolv_conf:
         source = f"--resolv-conf {resolv_conf}"
         try:
@@ -92,8 +92,8 @@ def choose_upstreams(explicit: Sequence[tuple[str, int]], resolv_conf: str,
     if own and not chosen:
         raise ForwardConfigError(
             f"{source}: every upstream ({', '.join(_fmt(*u) for u in own)}) is kdns's own listen "
-            "address, which would be a forwarding loop; give a real resolver with --upstream "
-            "HOST[:PORT]")
+            "address, which would be a forwarding loop; give a real resolver with "
+            + ("--upstream HOST[:PORT]" if flag == "--upstream" else f"{flag}=HOST[:PORT]"))
     return chosen
 
 
