@@ -18,3 +18,26 @@ def lines(section) -> list[str]:
     """'owner TTL IN TYPE rdata' for every record of a dnspython message section, in order."""
     return [f"{rrset.name} {rrset.ttl} IN {dns.rdatatype.to_text(rrset.rdtype)} {rd}"
             for rrset in section for rd in rrset]
+
+
+def assert_loop_is_fatal(k, relay) -> None:
+    """``k`` (started with wait=False) forwards to ``relay``, which sends every query back to
+    k: kdns's loop probe must come back, and kdns exit 1 naming the upstream, no traceback."""
+    import socket
+
+    def back_to_kdns(data: bytes) -> bytes | None:
+        if not k.port:
+            return None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(5)
+            s.sendto(data, ("127.0.0.1", k.port))
+            try:
+                return s.recv(65535)
+            except socket.timeout:
+                return None
+    relay.on_query = back_to_kdns
+    k.port = k._wait_port()
+    assert k.wait_exit() == 1
+    assert "forwarding loop detected" in k.log()
+    assert f"127.0.0.1:{relay.port}" in k.log() and "Traceback" not in k.log()
+    assert relay.count() >= 1 and all(t == "HINFO" for _, _, t in relay.seen)

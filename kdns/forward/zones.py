@@ -139,30 +139,28 @@ class Zones:
             return None
         return f.cached_for(q, client)
 
+    def _routed(self, query: bytes, client):
+        """(the parsed query, the Forwarder of its zone), or (None, the reply to give now:
+        None for an unreadable query, the loop probe's own, or an unrouted name's)."""
+        try:
+            q = parse_query(query)
+        except WireError:
+            return None, None
+        if self.loop_probe.matches(q.name):
+            return None, self.loop_probe.came_back(q)
+        f = self.route(q.name)
+        if f is None or f is EXCEPTED:
+            return None, self._unrouted(q, f, client)
+        return q, f
+
     def submit(self, query: bytes, client=None, tcp: bool = False,
                reply: Callable[[bytes], None] | None = None) -> bytes | None:
-        try:
-            q = parse_query(query)
-        except WireError:
-            return None
-        if self.loop_probe.matches(q.name):
-            return self.loop_probe.came_back(q)
-        f = self.route(q.name)
-        if f is None or f is EXCEPTED:
-            return self._unrouted(q, f, client)
-        return f.submit_query(q, client, tcp, reply)
+        q, f = self._routed(query, client)
+        return f if q is None else f.submit_query(q, client, tcp, reply)
 
     def forward(self, query: bytes, tcp: bool = False, client=None) -> bytes | None:
-        try:
-            q = parse_query(query)
-        except WireError:
-            return None
-        if self.loop_probe.matches(q.name):
-            return self.loop_probe.came_back(q)
-        f = self.route(q.name)
-        if f is None or f is EXCEPTED:
-            return self._unrouted(q, f, client)
-        return f.forward(query, tcp, client)
+        q, f = self._routed(query, client)
+        return f if q is None else f.forward(query, tcp, client)
 
     def submit_chase(self, query: wire.Query, resp: ans.Response, limit: int, client,
                      reply: Callable[[bytes], None]) -> bytes | None:
