@@ -61,19 +61,42 @@ def ask(server: Kdns, host: str, q: dns.message.Message, *, tcp: bool = False) -
     return resp, len(resp.to_wire())
 
 
+def free_on_both() -> int:
+    """A port nothing holds for UDP or TCP on 127.0.0.1 and ::1."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            try:
+                for family, kind, host in ((socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1"),
+                                           (socket.AF_INET6, socket.SOCK_DGRAM, "::1"),
+                                           (socket.AF_INET6, socket.SOCK_STREAM, "::1")):
+                    with socket.socket(family, kind) as other:
+                        other.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no port free on both loopback addresses")
+
+
 @pytest.fixture(scope="module", params=["64", "1"], ids=["recvmmsg", "recvfrom"])
 def two(request):
     """kdns on 127.0.0.1 and [::1] at the same port, with an upstream for forwarded names."""
     from dnsstub import Stub
 
     upstream = Stub(["www.example.com. 300 IN A 192.0.2.53"])
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    server = Kdns("--http", "127.0.0.1:0", "--reload", "0", "--udp-batch", request.param,
-                  "--listen", f"[::1]:{port}", "--upstream", f"127.0.0.1:{upstream.port}",
-                  listen=f"127.0.0.1:{port}")
+    for attempt in range(5):
+        # A port free for UDP and TCP on both addresses; between the probe and kdns's bind a
+        # client's ephemeral UDP port may still take it: then try another.
+        port = free_on_both()
+        try:
+            server = Kdns("--http", "127.0.0.1:0", "--reload", "0", "--udp-batch", request.param,
+                          "--listen", f"[::1]:{port}", "--upstream", f"127.0.0.1:{upstream.port}",
+                          listen=f"127.0.0.1:{port}")
+            break
+        except RuntimeError as exc:
+            if "address already in use" not in str(exc) or attempt == 4:
+                raise
     server.http = http_port(server)
     yield server
     server.stop()
