@@ -174,15 +174,15 @@ def _cluster_node(snap: Snapshot, labels: list[str], deps: list) -> Node | None:
         # svc.<zone> and pod.<zone> always exist; <ns>.svc|pod.<zone> iff the namespace does.
         if n == 1:
             return ENT
-        if labels[-2] not in snap.namespaces or n == 2 or top == "pod":
-            deps.append(labels[-2])             # the namespace's existence
-            if labels[-2] not in snap.namespaces:
+        namespace = labels[-2]
+        if namespace not in snap.namespaces or n == 2 or top == "pod":
+            deps.append(namespace)              # the namespace's existence
+            if namespace not in snap.namespaces:
                 return None
-        if n == 2:
-            return ENT
+            return ENT if n == 2 else _pod_node(snap, labels, deps)
         # Below an existing namespace, a Service's names depend on its key alone: a changed
         # namespace drops the cached answers of every Service key in it (PacketCache.sync).
-        return _service_node(snap, labels, deps) if top == "svc" else _pod_node(snap, labels, deps)
+        return _service_node(snap, labels, deps)
     if n == 1 and top == "dns-version":
         return ENT                              # TXT handled by the caller; other types NODATA (Q1)
     if top == "dns":
