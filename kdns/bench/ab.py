@@ -77,12 +77,17 @@ def one_run(checkout: Path, extra: list[str], datafile: Path, duration: float, q
             res = dnsperf.run(port, datafile, duration, qps_limit=qps)
             return (_cpu_seconds(proc.pid) - cpu) / max(1, res.completed) * 1e6
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, 10)
+
+
+def stop(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, and SIGKILL if it has not exited within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

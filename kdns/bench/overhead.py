@@ -53,12 +53,7 @@ class Server:
         self.proc = subprocess.Popen(argv, cwd=ab.REPO, stdout=self.log, stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        ab.stop(self.proc, 10)
         self.log.close()
 
 
@@ -151,12 +146,7 @@ def instructions(module: list[str], extra: list[str], datafile: Path, tmp: Path,
                   if line.startswith("totals:")]
         return totals[0] / max(1, answered)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        ab.stop(proc, 30)
         log.close()
 
 
