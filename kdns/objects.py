@@ -248,17 +248,24 @@ def _protocol(value: Any, path: str) -> str:
 # "http", one Service's ports and its slice's) are kept once: measured at 10,000 Services,
 # one copy per object was ~7 MB of RSS. Bounded, so that odd input cannot grow it for ever.
 _intern = sys.intern
-_SHARED: dict = {}
-_SHARED_CAP = 8192
 
 
-def _shared(value):
-    got = _SHARED.get(value)
-    if got is None:
-        got = value
-        if len(_SHARED) < _SHARED_CAP:
-            _SHARED[value] = value
-    return got
+def shared_values(cap: int):
+    """A function that returns the one kept copy of an equal (hashable) value, keeping at most
+    ``cap`` of them; past that, values are returned as they are."""
+    kept: dict = {}
+
+    def shared(value):
+        got = kept.get(value)
+        if got is None:
+            got = value
+            if len(kept) < cap:
+                kept[value] = value
+        return got
+    return shared
+
+
+_shared = shared_values(8192)
 
 
 def _ports(items: Any, path: str, *, service: bool) -> tuple[ServicePort, ...]:

@@ -13,7 +13,7 @@ from typing import Iterator, Mapping, NamedTuple
 
 from kdns import names
 from kdns.config import Config
-from kdns.objects import EndpointSlice, Service
+from kdns.objects import EndpointSlice, Service, shared_values
 
 class SRVSet(NamedTuple):
     """SRV answers at one name, with their additional A/AAAA, per dns-behavior.md §3.2/§3.3."""
@@ -91,17 +91,7 @@ _GONE = object()
 
 # Ports tuples interned across Services: alike endpoints (nearly all of a cluster's 100,000)
 # then share one tuple instead of one per Service. Bounded: past the cap they are not kept.
-_PORTS: dict[tuple[int, ...], tuple[int, ...]] = {}
-_PORTS_CAP = 4096
-
-
-def _shared_ports(numbers: tuple[int, ...]) -> tuple[int, ...]:
-    got = _PORTS.get(numbers)
-    if got is None:
-        got = numbers
-        if len(_PORTS) < _PORTS_CAP:
-            _PORTS[numbers] = numbers
-    return got
+_shared_ports = shared_values(4096)
 
 
 def _slice_ports(sl: EndpointSlice) -> tuple[int, ...]:

@@ -402,6 +402,16 @@ def test_corefile_variant_differs_only_in_how_kdns_is_configured(docs, corefile_
     assert {(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {(53, 1053), (9153, 9153)}
 
 
+def container_serve_args(container: dict, corefile) -> list[str]:
+    """The Corefile variant's `kdns serve` arguments as the container has them, with the
+    mounted Corefile at ``corefile``, a pod IP, and no --listen (Kdns listens on loopback)."""
+    args = list(container["args"][1:])
+    args[args.index("/etc/coredns/Corefile")] = str(corefile)
+    args[args.index("$(POD_IP)")] = "10.244.0.10"
+    del args[args.index("--listen"):args.index("--listen") + 2]
+    return args
+
+
 def test_corefile_variant_runs_kubeadms_corefile(tmp_path):
     """The container's command line with kubeadm's Corefile at its mount path: kdns starts and
     answers, the Corefile's three HTTP ports replaced by loopback ones only for the test."""
@@ -415,11 +425,7 @@ def test_corefile_variant_runs_kubeadms_corefile(tmp_path):
     corefile = corefile.replace("health {", "health 127.0.0.1:0 {").replace("ready\n", "ready 127.0.0.1:0\n")
     path = tmp_path / "Corefile"
     path.write_text(corefile.replace("prometheus :0", "prometheus 127.0.0.1:0"))
-    args = [a for a in c["args"][1:]]
-    args[args.index("/etc/coredns/Corefile")] = str(path)
-    args[args.index("$(POD_IP)")] = "10.244.0.10"
-    del args[args.index("--listen"):args.index("--listen") + 2]     # Kdns listens on loopback
-    s = Kdns(*args, "--manifests", str(DATA / "cluster.yaml"))
+    s = Kdns(*container_serve_args(c, path), "--manifests", str(DATA / "cluster.yaml"))
     try:
         resp = s.query("kube-dns.kube-system.svc.cluster.local.", "A")
         assert [rr.to_text() for rr in resp.answer] == ["kube-dns.kube-system.svc.cluster.local. 30 IN A 10.96.0.10"]
@@ -445,11 +451,7 @@ def test_corefile_variant_runs_a_corefile_with_a_stub_domain(tmp_path):
         "172.16.0.1", f"127.0.0.1:{upstream.port}").replace("10.150.0.1", f"127.0.0.1:{consul.port}")
     path = tmp_path / "Corefile"
     path.write_text(corefile)
-    args = [a for a in c["args"][1:]]
-    args[args.index("/etc/coredns/Corefile")] = str(path)
-    args[args.index("$(POD_IP)")] = "10.244.0.10"
-    del args[args.index("--listen"):args.index("--listen") + 2]     # Kdns listens on loopback
-    s = Kdns(*args, "--manifests", str(DATA / "cluster.yaml"))
+    s = Kdns(*container_serve_args(c, path), "--manifests", str(DATA / "cluster.yaml"))
     try:
         for name, want in (("web.service.consul.local.", "web.service.consul.local. 30 IN A 10.150.1.1"),
                            ("www.example.com.", "www.example.com. 30 IN A 192.0.2.80"),
