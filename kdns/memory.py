@@ -26,11 +26,25 @@ def settle_memory() -> None:
     whole zone again (a pause of ~100 ms per 10,000 services, taken by the UDP loop too)."""
     gc.collect()
     gc.freeze()
+    if _refreeze not in gc.callbacks:
+        gc.callbacks.append(_refreeze)
     gc.enable()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)     # glibc only; elsewhere RSS just stays higher
     except (OSError, AttributeError):
         pass
+
+
+def _refreeze(phase: str, info: dict) -> None:
+    """After each full collection, freeze what survived it. Frozen objects do not count
+    towards the next full collection's trigger, so under churn one came every ~70,000
+    allocations and walked every object replaced since the load: measured at 10,000 Services
+    and 1,000 events/s, pauses of 60, 114, 155 ms... (growing with the replaced objects, none
+    of them garbage: 0 collected), each holding the GIL from the UDP loop. What survives a
+    full collection lives on as the load did; garbage that is not a cycle is still freed
+    by its reference count."""
+    if phase == "stop" and info.get("generation") == 2:
+        gc.freeze()
 
 
 class SettleAfterFirstSync:
