@@ -215,3 +215,32 @@ def test_a_relist_after_410_streams_again(fake, tmp_path):
         assert sink.wait(lambda s: "prod/later" in s.ips())
     finally:
         src.stop()
+
+
+def test_an_error_event_before_the_bookmark_is_a_refusal(fake, tmp_path, caplog):
+    fake.expire_next_watch("services")            # the streaming watch's first line: ERROR 410
+    caplog.set_level("INFO", "kdns.cluster")
+    src, sink = synced_source(fake, tmp_path, True)
+    try:
+        assert len(streaming_watches(fake, "services")) == 1 and len(lists(fake, "services")) == 1
+        assert len(streaming_watches(fake, "namespaces")) == 1 and lists(fake, "namespaces") == []
+        refusals = [r.getMessage() for r in caplog.records if "refused the streaming list" in r.getMessage()]
+        assert len(refusals) == 1 and refusals[0].startswith(
+            "services: the API server refused the streaming list (ERROR event 410 Expired: too old "
+            "resource version: "), refusals
+        assert sorted(sink.ips()) == ["dev/web", "prod/db", "prod/pg", "prod/web"]
+        assert src.stats.relists == {}
+    finally:
+        src.stop()
+
+
+def test_a_stream_cut_before_the_bookmark_is_retried_not_refused(fake, tmp_path, caplog):
+    fake.drop_after(2, "services")                # two ADDED events, then the connection is cut
+    src, sink = synced_source(fake, tmp_path, True)
+    try:
+        assert len(streaming_watches(fake, "services")) == 2 and lists(fake, "services") == []
+        assert not [r for r in caplog.records if "refused the streaming list" in r.getMessage()]
+        assert sorted(sink.ips()) == ["dev/web", "prod/db", "prod/pg", "prod/web"]
+        assert src.stats.errors == {"services": 1}
+    finally:
+        src.stop()

@@ -258,6 +258,8 @@ class _Reflector:
                     # don't spin on it.
                     stop.wait(self.backoff.next())
             except Refused as exc:
+                if stop.is_set():
+                    break                  # our own shutdown ended the stream
                 # Not an outage: this server has no streaming list. Paged lists, at once.
                 self.streaming = False
                 log.info("%s: the API server refused the streaming list (%s); using paged lists",
@@ -393,6 +395,7 @@ class _Reflector:
         op = event.get("type") if isinstance(event, dict) else None
         raw = event.get("object") if isinstance(event, dict) else None
         if not isinstance(raw, dict):
+            resp.close()
             raise Refused(f"a {op} event without an object before the initial-events-end bookmark")
         if op == "ADDED" or op == "MODIFIED":
             items.update(parse_items(self.kind, [raw]))
