@@ -187,6 +187,10 @@ def add_source_args(p: argparse.ArgumentParser, *, watch: bool = True) -> None:
         api.add_argument("--api-timeout", type=float, default=90.0, metavar="SECONDS",
                          help="client read timeout on API requests, so a dead connection is noticed "
                               "(default 90; bookmarks keep healthy watches talking)")
+        api.add_argument("--api-streaming-list", choices=("auto", "off"), default="auto",
+                         help="auto (default): sync each kind with one watch that streams the "
+                              "list (sendInitialEvents, Kubernetes 1.32+), paged lists if the "
+                              "server refuses it; off: always paged lists")
 
 
 def add_answer_args(p: argparse.ArgumentParser) -> None:

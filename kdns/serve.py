@@ -25,7 +25,8 @@ def cluster_source(args, sink, pods: bool):
     timeouts = cluster.Timeouts(read=args.api_timeout)
     return cluster.ClusterSource(sink, args.kubeconfig, args.context, args.in_cluster, pods=pods,
                                  timeouts=timeouts, labels=getattr(args, "labels", None),
-                                 endpoints=not getattr(args, "noendpoints", False))
+                                 endpoints=not getattr(args, "noendpoints", False),
+                                 streaming_list=getattr(args, "api_streaming_list", "off") == "auto")
 
 
 

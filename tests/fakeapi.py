@@ -247,8 +247,16 @@ class FakeAPI:
 
     def __init__(self, *, history: int = 1000, bookmark_interval: float = 1.0,
                  default_watch_timeout: float = 1800.0, token: str | None = None,
-                 service_cidr: str = "10.96.0.0/12", start_rv: int = 1000, tls: bool = False):
+                 service_cidr: str = "10.96.0.0/12", start_rv: int = 1000, tls: bool = False,
+                 streaming_list: str = "on"):
         self.history_size = history
+        # The streaming list (sendInitialEvents): "on" (1.32+), "refuse" (the WatchList feature
+        # gate off: 422 Invalid) or "ignore" (a server older than the parameter: it is dropped,
+        # so a watch without resourceVersion replays ADDED events and never sends the
+        # initial-events-end bookmark).
+        if streaming_list not in ("on", "refuse", "ignore"):
+            raise ValueError(f"streaming_list: {streaming_list!r}")
+        self.streaming_list = streaming_list
         self.bookmark_interval = bookmark_interval
         self.default_watch_timeout = default_watch_timeout
         self.token = token
@@ -1045,6 +1053,11 @@ class _Handler(BaseHTTPRequestHandler):
             timeout = float(q["timeoutSeconds"]) if q.get("timeoutSeconds") else api.default_watch_timeout
         except ValueError:
             raise HTTPError(400, "BadRequest", f"invalid timeoutSeconds {q.get('timeoutSeconds')!r}") from None
+        if q.get("sendInitialEvents") == "true" and api.streaming_list == "refuse":
+            raise HTTPError(422, "Invalid", "sendInitialEvents: Forbidden: sendInitialEvents is forbidden "
+                            "for watch unless the WatchList feature gate is enabled")
+        if api.streaming_list == "ignore":
+            q = {k: v for k, v in q.items() if k not in ("sendInitialEvents", "resourceVersionMatch")}
         raw_rv = q.get("resourceVersion", "")
         initial_events = q.get("sendInitialEvents") == "true" or raw_rv in ("", "0")
         if q.get("sendInitialEvents") == "true" and q.get("resourceVersionMatch") != "NotOlderThan":

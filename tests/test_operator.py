@@ -196,7 +196,7 @@ def test_pods_verified_without_permission_serves_and_is_not_ready(api, tmp_path)
 
     api.create(service("prod", "web", "10.96.0.20"))
     api.create(pod("prod", "web-1", "10.244.1.5"))
-    api.fail("list", "pods", 403, count=None)
+    api.fail("any", "pods", 403, count=None)      # neither list nor watch (the streaming list)
     server = Kdns("--kubeconfig", api.kubeconfig(tmp_path / "kubeconfig"), "--pods", "verified",
                   "--http", "127.0.0.1:0", "--api-timeout", "2")
     try:

@@ -25,7 +25,8 @@ from kdns.sources.clusterstore import Expired, Kind, StreamError, parse_items
 
 QUERY = {"limit": "limit", "_continue": "continue", "label_selector": "labelSelector",
          "watch": "watch", "resource_version": "resourceVersion",
-         "allow_watch_bookmarks": "allowWatchBookmarks", "timeout_seconds": "timeoutSeconds"}
+         "allow_watch_bookmarks": "allowWatchBookmarks", "timeout_seconds": "timeoutSeconds",
+         "send_initial_events": "sendInitialEvents", "resource_version_match": "resourceVersionMatch"}
 
 
 class ApiClient:

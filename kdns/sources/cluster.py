@@ -17,6 +17,12 @@ EndpointSlices, Namespaces, and Pods for ``--pods verified``), each in its own t
   is gone: relist and replace. Anything else (401, 403, 429 with Retry-After, 5xx, dropped or
   stalled connections) is retried from the last resourceVersion with jittered exponential
   backoff; the sink keeps serving the last good data meanwhile, nothing is reset.
+- The streaming list (Kubernetes 1.32+, ``--api-streaming-list auto``): a kind's first sync and
+  every relist is ONE watch with sendInitialEvents=true; its ADDED events up to the BOOKMARK
+  annotated ``k8s.io/initial-events-end`` are the list (parsed as list items are), and the same
+  stream goes on as the watch. It spares the API server building a whole list in memory. A
+  server that refuses it (400/403/422, an ERROR event, a bookmark without the annotation or the
+  end of the stream before it: older servers) gets paged lists from then on, for that kind.
 - EndpointSlices are watched with the ``kubernetes.io/service-name`` label selector: slices
   without it belong to no Service, and a slice that loses the label arrives as DELETED.
 
@@ -86,9 +92,10 @@ class ClusterSource:
     def __init__(self, sink: Sink, kubeconfig: str | None = None, context: str | None = None,
                  in_cluster: bool = False, pods: bool = False, *, timeouts: Timeouts = Timeouts(),
                  configuration: Configuration | None = None, labels: str | None = None,
-                 endpoints: bool = True):
+                 endpoints: bool = True, streaming_list: bool = False):
         self.sink = sink
         self.timeouts = timeouts
+        self.streaming_list = streaming_list      # try sendInitialEvents before paged lists
         self.kinds = kinds_for(pods, labels, endpoints)
         self.configuration = configuration or load_configuration(kubeconfig, context, in_cluster)
         self.store = Store()
@@ -220,6 +227,7 @@ class _Reflector:
         self.last_contact = time.monotonic()
         self.expired_in_a_row = 0
         self.relist_reason = "start"
+        self.streaming = source.streaming_list   # False once the server refused it
         self._resp: Any = None
 
     def interrupt(self) -> None:
@@ -241,23 +249,21 @@ class _Reflector:
                     log.info("%s: away from the API for over %.0fs, relisting", name, t.relist_after)
                     self.rv = None
                     self.relist_reason = "error"
-                if self.rv is None:
-                    relist = name in self.source._listed
+                if self.rv is None and not self.streaming:
                     items, rv = _list(self.api, self.kind, t.page_size, (t.connect, t.list_read))
-                    if self.source._forbidden.pop(name, None):
-                        log.info("%s: listed; the missing permission was granted", name)
-                    self.last_contact = time.monotonic()
-                    self.source.listed(self.kind, items)
-                    self.rv = rv
-                    metrics.RELISTS.labels(name, self.relist_reason if relist else "start").inc()
-                    if relist:
-                        stats.relists[name] = stats.relists.get(name, 0) + 1
-                        log.info("%s: relisted at resourceVersion %s (%d objects)", name, rv, len(items))
+                    self._synced(items, rv)
                 started = time.monotonic()
                 if self._watch() == 0 and time.monotonic() - started < 1.0:
                     # Ended cleanly at once with nothing said: a misbehaving server or proxy;
                     # don't spin on it.
                     stop.wait(self.backoff.next())
+            except Refused as exc:
+                if stop.is_set():
+                    break                  # our own shutdown ended the stream
+                # Not an outage: this server has no streaming list. Paged lists, at once.
+                self.streaming = False
+                log.info("%s: the API server refused the streaming list (%s); using paged lists",
+                         name, exc)
             except Expired as exc:
                 self.rv = None
                 self.relist_reason = "gone"
@@ -294,18 +300,40 @@ class _Reflector:
             finally:
                 self._resp = None
 
+    def _synced(self, items: dict, rv: str) -> None:
+        """A full list of the kind (paged, or a streaming list's initial events) is in."""
+        name = self.kind.resource
+        stats = self.source.stats
+        relist = name in self.source._listed
+        if self.source._forbidden.pop(name, None):
+            log.info("%s: listed; the missing permission was granted", name)
+        self.last_contact = time.monotonic()
+        self.source.listed(self.kind, items)
+        self.rv = rv
+        metrics.RELISTS.labels(name, self.relist_reason if relist else "start").inc()
+        if relist:
+            stats.relists[name] = stats.relists.get(name, 0) + 1
+            log.info("%s: relisted at resourceVersion %s (%d objects)", name, rv, len(items))
+
     def _watch(self) -> int:
-        """One watch request, read to its end; returns how many lines it carried."""
+        """One watch request, read to its end; returns how many lines it carried. Without a
+        resourceVersion it is a streaming list: initial events first (see ``_initial``)."""
         t = self.source.timeouts
         stats = self.source.stats
         name = self.kind.resource
         fn = lister(self.api, self.kind)
+        initial: dict | None = {} if self.rv is None else None
+        since = {"resource_version": self.rv} if initial is None else {
+            "resource_version": "", "send_initial_events": True,
+            "resource_version_match": "NotOlderThan"}
         try:
-            resp = fn(watch=True, resource_version=self.rv, allow_watch_bookmarks=True,
+            resp = fn(watch=True, allow_watch_bookmarks=True, **since,
                       timeout_seconds=int(t.watch * (1 + random.random())),
                       label_selector=self.kind.label_selector,
                       _preload_content=False, _request_timeout=(t.connect, t.read))
         except ApiException as exc:
+            if initial is not None and exc.status in (400, 403, 422):
+                raise Refused(describe_error(exc)) from None
             if exc.status == 410:
                 raise Expired(f"watch from resourceVersion {self.rv}: {describe_error(exc)}") from None
             raise
@@ -319,6 +347,9 @@ class _Reflector:
                 lines += 1
                 stats.last_event_received = time.perf_counter()
                 self.last_contact = time.monotonic()
+                if initial is not None:
+                    initial = self._initial(initial, line, resp)
+                    continue
                 try:
                     event = decode.event(line)
                     op = event.get("type") if isinstance(event, dict) else None
@@ -346,11 +377,53 @@ class _Reflector:
             raise
         finally:
             resp.release_conn()
+        if initial is not None:
+            raise Refused("the stream ended before the initial-events-end bookmark")
         # A clean end (timeoutSeconds reached): watch again from where we are.
         return lines
 
+    def _initial(self, items: dict, line: bytes, resp: Any) -> dict | None:
+        """One line of a streaming list's initial events: ADDED objects go into ``items``
+        through parse_items, as a list page's would (the store gets the same objects); the
+        initial-events-end BOOKMARK syncs the kind (None: the stream is a plain watch now)."""
+        try:
+            event = decode.event(line)
+        except ValueError as exc:
+            self.source.stats.skipped += 1
+            log.warning("%s: skipping an undecodable watch event: %s", self.kind.resource, exc)
+            return items
+        op = event.get("type") if isinstance(event, dict) else None
+        raw = event.get("object") if isinstance(event, dict) else None
+        if not isinstance(raw, dict):
+            resp.close()
+            raise Refused(f"a {op} event without an object before the initial-events-end bookmark")
+        if op == "ADDED" or op == "MODIFIED":
+            items.update(parse_items(self.kind, [raw]))
+            return items
+        if op == "DELETED":
+            items.pop(self.kind.key(raw.get("metadata") or {}), None)
+            return items
+        meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+        rv = meta.get("resourceVersion")
+        annotations = meta.get("annotations") if isinstance(meta.get("annotations"), dict) else {}
+        if op == "BOOKMARK" and annotations.get("k8s.io/initial-events-end") == "true" \
+                and isinstance(rv, str) and rv:
+            self.backoff.reset()
+            self.expired_in_a_row = 0
+            self._synced(items, rv)
+            return None
+        resp.close()                       # unread bytes: the connection is not reusable
+        if op == "ERROR":
+            raise Refused(f"ERROR event {raw.get('code')} {raw.get('reason', '')}: "
+                          f"{raw.get('message', '')}".rstrip(": "))
+        raise Refused(f"a {op} event before the initial-events-end bookmark")
+
 
 EVENT_TYPES = frozenset(("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"))
+
+
+class Refused(Exception):
+    """The server does not do the streaming list (why): paged lists from now on."""
 
 
 # --------------------------------------------------------------------------- one-shot listing
