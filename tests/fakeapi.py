@@ -1020,13 +1020,13 @@ class _Handler(BaseHTTPRequestHandler):
     # ---------------------------------------------------------------- watch
 
     def _chunk(self, data: bytes) -> None:
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.write(_framed(data))
 
     def _event(self, type_: str, obj: dict, table: Resource | None, first: list[bool], full: bool) -> None:
         if table is not None:
             obj = to_table(table, [obj], obj["metadata"].get("resourceVersion", ""), headers=first[0], full=full)
             first[0] = False
-        line = json.dumps({"type": type_, "object": obj}, separators=(",", ":")).encode() + b"\n"
+        line = _event_line(type_, obj)
         if self.api.split_chunks and len(line) > 2:
             half = len(line) // 2
             self._chunk(line[:half])
@@ -1169,9 +1169,7 @@ class _Handler(BaseHTTPRequestHandler):
                         pos = e.rv
                         out = self._filter(e, match)
                         if out is not None:
-                            line = json.dumps({"type": out[0], "object": out[1]},
-                                              separators=(",", ":")).encode() + b"\n"
-                            lines.append(b"%x\r\n%s\r\n" % (len(line), line))
+                            lines.append(_framed(_event_line(*out)))
                             stream.sent += 1
                     if lines:
                         self.wfile.write(b"".join(lines))
@@ -1281,3 +1279,13 @@ def pod(namespace: str, name: str, ip: str, *, phase: str = "Running", hostname:
         spec["subdomain"] = subdomain
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
             "spec": spec, "status": {"phase": phase, "podIP": ip, "podIPs": [{"ip": ip}]}}
+
+
+def _event_line(type_: str, obj: dict) -> bytes:
+    """One watch event as the API server streams it: a JSON object and a newline."""
+    return json.dumps({"type": type_, "object": obj}, separators=(",", ":")).encode() + b"\n"
+
+
+def _framed(data: bytes) -> bytes:
+    """``data`` as one HTTP/1.1 chunk."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
